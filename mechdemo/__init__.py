@@ -1,0 +1,14 @@
+"""mechdemo: the computations behind a lecture on mechanistic interpretability.
+
+Load a model (``mechdemo.models.load_model``), analyse it with the modules named for what they
+compute, and regenerate the deck's figures with ``mechdemo figures``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mechdemo")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__"]

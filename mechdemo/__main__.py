@@ -1,0 +1,3 @@
+from mechdemo.cli import main
+
+raise SystemExit(main())
