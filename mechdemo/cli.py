@@ -1,0 +1,176 @@
+"""The ``mechdemo`` command (also ``python -m mechdemo``).
+
+Each subcommand is a ``_cmd_<name>`` function registered in :data:`COMMANDS`; analysis
+subcommands take ``--json`` and then print exactly one JSON document on standard output
+(progress and logs go to standard error). Errors the user can fix are printed as one paragraph
+naming the fix, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from mechdemo import __version__
+from mechdemo.errors import MechdemoError
+
+log = logging.getLogger("mechdemo")
+
+@dataclass(frozen=True)
+class Command:
+    configure: Callable[[argparse.ArgumentParser], None]  # adds the subcommand's arguments
+    run: Callable[[argparse.Namespace], int]
+    help: str
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, run: Callable[[argparse.Namespace], int]):
+    """Register the decorated ``configure(parser)`` as subcommand ``name``, executed by ``run``."""
+
+    def register(configure):
+        COMMANDS[name] = Command(configure, run, help)
+        return configure
+
+    return register
+
+
+def _print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+# --- mechdemo models ----------------------------------------------------------------------------
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from mechdemo.models import DEFAULT_MODEL, MODELS, availability
+
+    rows = []
+    for name, spec in MODELS.items():
+        arch = spec.architecture
+        rows.append(
+            {
+                "name": name,
+                "default": name == DEFAULT_MODEL,
+                "description": spec.description,
+                "family": arch.family,
+                "n_params": arch.n_params,
+                "n_layers": arch.n_layers,
+                "d_model": arch.d_model,
+                "n_heads": arch.n_heads,
+                "n_kv_heads": arch.n_kv_heads,
+                "norm": arch.norm,
+                "positions": arch.positions,
+                "gated": spec.gated,
+                "source": f"PyPI {spec.gguf.distribution} (GGUF)" if spec.gguf else f"Hub {spec.hf_repo}",
+                "offline": availability(spec),
+            }
+        )
+    if args.json:
+        _print_json({"default": DEFAULT_MODEL, "models": rows})
+        return 0
+    table = [("model", "params", "architecture", "available offline now")]
+    for r in rows:
+        arch = (
+            f"{r['family']}: {r['n_layers']} layers, d_model {r['d_model']}, "
+            f"{r['n_heads']} Q / {r['n_kv_heads']} KV heads, {r['norm']}, "
+            f"{'RoPE' if r['positions'] == 'rotary' else 'learned positions'}"
+        )
+        name = r["name"] + (" *" if r["default"] else "") + (" (gated)" if r["gated"] else "")
+        table.append((name, f"{r['n_params'] / 1e6:.0f}M", arch, r["offline"]))
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for i, row in enumerate(table):
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
+        if i == 0:
+            print("-" * (sum(widths) + 6 + len("available offline now")))
+    print("\n* default (used when --model is not given). Details: mechdemo models --json")
+    return 0
+
+
+@command("models", "list the registered models: size, architecture, offline availability", _run_models)
+def _configure_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+# --- mechdemo figures ---------------------------------------------------------------------------
+
+
+def _run_figures(args: argparse.Namespace) -> int:
+    from mechdemo.figures import FIGURES, run_figures
+
+    if args.list:
+        rows = [
+            {"name": s.name, "files": list(s.outputs), "needs_model": s.needs_model,
+             "generator": s.generator, "description": s.description}
+            for s in FIGURES.values()
+        ]
+        if args.json:
+            _print_json(rows)
+        else:
+            for r in rows:
+                print(f"{r['name']:<28}{', '.join(r['files']):<48}{r['description']}")
+        return 0
+    written = run_figures(args.only, model_name=args.model, out_dir=args.out, device=args.device,
+                          progress=not args.json)
+    if args.json:
+        _print_json(written)
+    else:
+        for name, entry in written.items():
+            print(f"{name}: {', '.join(entry['files'])}")
+    return 0
+
+
+@command("figures", "regenerate the deck's figures (img/ by default)", _run_figures)
+def _configure_figures(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", nargs="+", metavar="NAME", help="regenerate only these figures")
+    p.add_argument("--model", default=None, help="model to compute on (default: the offline default)")
+    p.add_argument("--out", default=None, help="output folder (default: img/, or img/<model>/ for another model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--list", action="store_true", help="list the registered figures and exit")
+    p.add_argument("--json", action="store_true", help="print the manifest entries as JSON")
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mechdemo",
+        description="Mechanistic interpretability lecture: models, analyses and figures.",
+    )
+    parser.add_argument("--version", action="version", version=f"mechdemo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.configure(p)
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.run(args) or 0)
+    except MechdemoError as err:
+        print(f"mechdemo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mechdemo: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,237 @@
+"""The figure registry: one registered function per figure; the registry writes the files.
+
+A figure function takes a :class:`FigureContext` (the model, loaded once per run and shared by
+every figure that needs it; the seed; the output folder) and returns a matplotlib ``Figure`` or a
+:class:`FigureOutput` (the figure, optionally a self-contained HTML page and the numbers the deck
+may cite). It computes with the analysis modules and draws with :mod:`mechdemo.figures.style`; it
+never writes files. :func:`run_figures` does: PNG files carry their provenance in PNG text chunks
+(figure, model, seed, mechdemo version, date), and ``manifest.json`` beside them lists every
+figure with its generator, model and results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mechdemo import __version__
+from mechdemo.errors import MechdemoError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class FigureOutput:
+    """What a figure function returns when it has more than a matplotlib figure."""
+
+    figure: Any  # matplotlib.figure.Figure
+    html: str | None = None  # a self-contained page (no network), written as <name>.html
+    results: dict[str, Any] = field(default_factory=dict)  # JSON-able numbers the deck may cite
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str
+    func: Callable[["FigureContext"], Any]
+    outputs: tuple[str, ...]  # files written into the output folder
+    needs_model: bool
+    seed: int
+    description: str
+
+    @property
+    def generator(self) -> str:
+        return f"{self.func.__module__}:{self.func.__qualname__}"
+
+
+FIGURES: dict[str, FigureSpec] = {}
+
+
+def figure(
+    name: str,
+    *,
+    description: str,
+    html: bool = False,
+    needs_model: bool = True,
+    seed: int = 0,
+) -> Callable:
+    """Register ``func`` as the generator of ``img/<name>.png`` (and ``<name>.html`` if ``html``)."""
+
+    def register(func: Callable) -> Callable:
+        if name in FIGURES:
+            raise ValueError(f"figure {name!r} is registered twice")
+        outputs = (f"{name}.png",) + ((f"{name}.html",) if html else ())
+        FIGURES[name] = FigureSpec(name, func, outputs, needs_model, seed, description)
+        return func
+
+    return register
+
+
+class FigureContext:
+    """What a figure function gets: the run's model (loaded on first use), seed and settings."""
+
+    def __init__(self, model_name: str, seed: int, device: str | None, models: dict):
+        self.model_name = model_name
+        self.seed = seed
+        self.device = device
+        self._models = models  # shared across the run: each model loads once
+
+    @property
+    def model(self):
+        if self.model_name not in self._models:
+            from mechdemo.models import load_model
+
+            log.info("Loading %s ...", self.model_name)
+            self._models[self.model_name] = load_model(self.model_name, device=self.device)
+        return self._models[self.model_name]
+
+    @property
+    def spec(self):
+        from mechdemo.models import get_spec
+
+        return get_spec(self.model_name)
+
+    @property
+    def model_label(self) -> str:
+        """Human name of the model for titles, e.g. 'SmolLM2-135M-Instruct'."""
+        return self.spec.display_name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_out_dir(model_name: str) -> Path:
+    """``img/`` of the source tree for the default model; ``img/<model>/`` for any other."""
+    from mechdemo.models import DEFAULT_MODEL
+
+    root = Path(__file__).resolve().parents[2]
+    img = root / "img" if (root / "img").is_dir() else Path.cwd() / "img"
+    return img if model_name == DEFAULT_MODEL else img / model_name.split("/")[-1]
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return {"figures": {}}
+    return json.loads(path.read_text())
+
+
+def read_provenance(png: Path) -> dict:
+    """The provenance a PNG written by :func:`run_figures` carries (its ``mechdemo`` text chunk)."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        text = im.text.get("mechdemo")  # type: ignore[attr-defined]
+    if text is None:
+        raise MechdemoError(f"{png} carries no mechdemo provenance; regenerate it with `mechdemo figures`.")
+    return json.loads(text)
+
+
+def select(names: list[str] | None) -> list[FigureSpec]:
+    if not names:
+        return list(FIGURES.values())
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown:
+        raise MechdemoError(
+            f"Unknown figure(s): {', '.join(unknown)}. Registered figures: {', '.join(FIGURES)} "
+            "(`mechdemo figures --list` describes them)."
+        )
+    return [FIGURES[n] for n in names]
+
+
+def _results_jsonable(results: dict) -> dict:
+    return json.loads(json.dumps(results, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def run_figures(
+    names: list[str] | None = None,
+    model_name: str | None = None,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Regenerate figures (all, or ``names``) on ``model_name``; return their manifest entries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tqdm.auto import tqdm
+
+    from mechdemo.figures import style
+    from mechdemo.models import get_spec
+
+    spec_model = get_spec(model_name)  # validates the name before any work
+    specs = select(names)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(spec_model.name)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(out)
+    manifest.setdefault("figures", {})
+    models: dict = {}
+    written: dict[str, dict] = {}
+    bar = tqdm(specs, desc="figures", unit="fig", disable=not progress)
+    for spec in bar:
+        bar.set_postfix_str(spec.name)
+        seed_everything(spec.seed)
+        ctx = FigureContext(spec_model.name, spec.seed, device, models)
+        with style.projector_style():
+            result = spec.func(ctx)
+        output = result if isinstance(result, FigureOutput) else FigureOutput(result)
+        date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        model = spec_model.name if spec.needs_model else None
+        provenance = {
+            "figure": spec.name,
+            "model": model,
+            "seed": spec.seed,
+            "mechdemo_version": __version__,
+            "generator": spec.generator,
+            "date": date,
+        }
+        png = out / f"{spec.name}.png"
+        output.figure.savefig(
+            png,
+            dpi=style.DPI,
+            metadata={
+                "Title": f"{spec.name}" + (f" ({spec_model.display_name})" if model else ""),
+                "Software": f"mechdemo {__version__}",
+                "Source": spec.generator,
+                "Creation Time": date,
+                "mechdemo": json.dumps(provenance),
+            },
+        )
+        plt.close(output.figure)
+        files = [png.name]
+        if f"{spec.name}.html" in spec.outputs:
+            if output.html is None:
+                raise RuntimeError(f"figure {spec.name} is registered with html=True but returned none")
+            (out / f"{spec.name}.html").write_text(output.html, encoding="utf-8")
+            files.append(f"{spec.name}.html")
+        entry = {
+            **provenance,
+            "files": files,
+            "description": spec.description,
+            "results": _results_jsonable(output.results),
+        }
+        manifest["figures"][spec.name] = entry
+        manifest["mechdemo_version"] = __version__
+        _write_json_atomic(out / MANIFEST, manifest)  # after each figure: nothing done is lost
+        written[spec.name] = entry
+    return written
