@@ -1,0 +1,28 @@
+"""Shared fixtures. The suite runs offline: HF_HUB_OFFLINE=1 is set before anything imports the Hub."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The offline default model, loaded once for the whole session (read-only: do not mutate)."""
+    from mechdemo.models import load_model
+
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gguf_path():
+    from mechdemo.models import get_spec, gguf_file
+
+    return gguf_file(get_spec("smollm2-135m"))
