@@ -136,6 +136,42 @@ def _configure_figures(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest entries as JSON")
 
 
+# --- mechdemo heads -----------------------------------------------------------------------------
+
+
+def _run_heads(args: argparse.Namespace) -> int:
+    from mechdemo.heads import HEAD_TYPES, standard_head_scores, top_heads
+    from mechdemo.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    scores = standard_head_scores(model, batch=args.batch, seq_len=args.seq_len, seed=args.seed)
+    top = {t: [{"layer": l, "head": h, "score": round(v, 4)} for l, h, v in top_heads(scores[t], args.top)]
+           for t in HEAD_TYPES}
+    if args.json:
+        _print_json({
+            "model": model.cfg.model_name,
+            "input": {"kind": "[BOS] + R + R", "batch": args.batch, "seq_len": args.seq_len, "seed": args.seed},
+            "scores": {t: [[round(x, 5) for x in row] for row in scores[t].tolist()] for t in HEAD_TYPES},
+            "top": top,
+        })
+        return 0
+    print(f"{model.cfg.model_name}: head scores on {args.batch} x [BOS] + R + R (R = {args.seq_len} random tokens)")
+    for t in HEAD_TYPES:
+        print(f"  {t:<16}" + "  ".join(f"L{d['layer']}H{d['head']} {d['score']:.2f}" for d in top[t]))
+    return 0
+
+
+@command("heads", "score every attention head: previous/current/first-token, duplicate-token, induction", _run_heads)
+def _configure_heads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model (default: the offline default)")
+    p.add_argument("--batch", type=int, default=8, help="number of random sequences (default 8)")
+    p.add_argument("--seq-len", type=int, default=50, help="length of the random sequence R (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=3, help="heads listed per type (default 3)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON with n_layers x n_heads score lists")
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 

@@ -80,11 +80,19 @@ def figure(
 class FigureContext:
     """What a figure function gets: the run's model (loaded on first use), seed and settings."""
 
-    def __init__(self, model_name: str, seed: int, device: str | None, models: dict):
+    def __init__(self, model_name: str, seed: int, device: str | None, models: dict, memo: dict | None = None):
         self.model_name = model_name
         self.seed = seed
         self.device = device
         self._models = models  # shared across the run: each model loads once
+        self._memo = memo if memo is not None else {}  # shared across the run: results reused by several figures
+
+    def computed(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per run, model and seed; later figures asking for ``key`` reuse it."""
+        full = (self.model_name, self.seed, key)
+        if full not in self._memo:
+            self._memo[full] = compute()
+        return self._memo[full]
 
     @property
     def model(self):
@@ -186,12 +194,13 @@ def run_figures(
     manifest = read_manifest(out)
     manifest.setdefault("figures", {})
     models: dict = {}
+    memo: dict = {}
     written: dict[str, dict] = {}
     bar = tqdm(specs, desc="figures", unit="fig", disable=not progress)
     for spec in bar:
         bar.set_postfix_str(spec.name)
         seed_everything(spec.seed)
-        ctx = FigureContext(spec_model.name, spec.seed, device, models)
+        ctx = FigureContext(spec_model.name, spec.seed, device, models, memo)
         with style.projector_style():
             result = spec.func(ctx)
         output = result if isinstance(result, FigureOutput) else FigureOutput(result)

@@ -65,3 +65,33 @@ def suptitle(fig, title: str, model_label: str | None, subtitle: str | None = No
     fig.suptitle(text, x=0.02, ha="left")
     if subtitle:
         fig.text(0.02, 0.935, subtitle, ha="left", va="top", fontsize=14, color=GREY)
+
+
+def layer_head_heatmap(
+    ax,
+    scores,
+    title: str,
+    *,
+    vmin: float | None = 0.0,
+    vmax: float | None = 1.0,
+    cmap: str = "viridis",
+    mark: list[tuple[int, int]] | None = None,
+):
+    """Heatmap of a [n_layers, n_heads] score (layers down, heads across); ``mark`` boxes heads."""
+    from matplotlib.patches import Rectangle
+
+    data = scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores
+    n_layers, n_heads = data.shape
+    im = ax.imshow(data, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_title(title)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(0, n_heads, max(1, n_heads // 8)))
+    ax.set_yticks(range(0, n_layers, max(1, n_layers // 10)))
+    for layer, head in mark or []:
+        ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec=RED, lw=2.5))
+    return im
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
