@@ -26,3 +26,18 @@ def gguf_path():
     from mechdemo.models import get_spec, gguf_file
 
     return gguf_file(get_spec("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def random_bridge():
+    """``random_bridge(name)``: a 2-layer random-weight model of a registered architecture, built once."""
+    from mechdemo.models import random_model
+
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = random_model(name, n_layers=2)
+        return built[name]
+
+    return get

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from mechdemo.architecture import architecture_of
-from mechdemo.models import MODELS, get_spec, random_model
+from mechdemo.models import MODELS, get_spec
 
 PROMPTS = [
     "The capital of France is",
@@ -65,13 +65,13 @@ def test_published_sizes():
     assert round(gpt2.n_params / 1e6) == 124
 
 
-@pytest.fixture(scope="module", params=["gpt2", "meta-llama/Llama-3.2-1B"])
-def random_bridge(request):
-    return request.param, random_model(request.param, n_layers=2)
+@pytest.fixture(params=["gpt2", "meta-llama/Llama-3.2-1B"])
+def named_random_bridge(request, random_bridge):
+    return request.param, random_bridge(request.param)
 
 
-def test_random_model_forward_equals_hf(random_bridge):
-    name, bridge = random_bridge
+def test_random_model_forward_equals_hf(named_random_bridge):
+    name, bridge = named_random_bridge
     tokens = bridge.to_tokens(PROMPTS[1])
     with torch.no_grad():
         ours = bridge(tokens)
@@ -79,8 +79,8 @@ def test_random_model_forward_equals_hf(random_bridge):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
-def test_random_model_hooks_and_shapes(random_bridge):
-    name, bridge = random_bridge
+def test_random_model_hooks_and_shapes(named_random_bridge):
+    name, bridge = named_random_bridge
     arch = get_spec(name).architecture
     tokens = bridge.to_tokens(PROMPTS[0])
     n_pos = tokens.shape[1]
