@@ -16,7 +16,10 @@ The score of a head is the attention mass it puts on those keys, averaged over t
 positions where the rule names at least one key (queries with no duplicate have no
 "duplicate-token" target, and position 0 can only attend to itself). It is in [0, 1]: 1 means all
 of the head's attention goes where the rule says. With ``all_queries=True`` the average runs over
-every query instead, which is exactly TransformerLens's ``detect_head(..., error_measure="mul")``.
+every query instead, which is exactly TransformerLens's ``detect_head(..., error_measure="mul")``
+(the tests check it). We do not call ``detect_head`` itself: it runs one prompt and one head type
+at a time and keeps a full activation cache, while :func:`head_scores` scores every type for a
+whole batch in one forward pass.
 
 Duplicate-token and induction scores are measured on ``[BOS] + R + R``: a random token sequence R
 repeated once, where every token of the second half has exactly one earlier occurrence. The
