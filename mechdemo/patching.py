@@ -1,0 +1,316 @@
+"""Activation patching and attribution patching, batched.
+
+**Activation patching** (Meng et al. 2022; Wang et al. 2022) asks which activations carry the
+information that distinguishes two inputs. Run the model on the *corrupted* prompt, replace one
+activation by its value on the *clean* prompt, and measure how much of the clean behaviour comes
+back. With the logit difference LD as metric, results are normalised:
+
+    patched score = (LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)
+
+so 1 means "this activation alone restores the clean answer" and 0 means "no effect".
+
+**Batching.** TransformerLens's ``transformer_lens.patching`` runs one full forward pass per
+patch. Here every forward pass carries many patches: the corrupted batch is replicated once per
+patch (for one layer: one copy per head, or per position), each copy patched differently by one
+hook. Two more savings follow from where a patch acts:
+
+* nothing upstream of the patched layer changes, so the run starts at that layer from the cached
+  corrupted residual stream (:func:`mechdemo.forward.run_blocks`);
+* positions before the first token where the clean and corrupted prompts differ (S2 in IOI's
+  ABC corruption) have identical activations in both runs (attention is causal): patching them
+  is a no-op, and the patched runs reuse their keys and values like a KV cache instead of
+  recomputing them (``prefix_len`` in :func:`mechdemo.forward.block_context`);
+* the metric needs two logits at one position, so the unembedding (a d_model x d_vocab product
+  per position) is replaced by two columns of ``W_U`` (:func:`mechdemo.forward.logit_diff_from_resid`).
+
+The tests check every result against ``transformer_lens.patching`` on the same inputs;
+``benchmarks/bench_patching.py`` measures the speed-up.
+
+**Attribution patching** (Nanda 2023; Syed et al. 2023) approximates every patch at once with
+one linear step: ``score ≈ (a_clean - a_corrupted) · ∂metric/∂a`` evaluated on the corrupted run.
+Two forward passes and one backward pass, whatever the number of patches. It is exact for
+components the metric depends on linearly and drifts where attention saturates; the
+``attribution_vs_activation`` figure shows how far.
+
+Key/value heads: with grouped-query attention several query heads share one key/value head, so
+``k`` and ``v`` are patched per key/value head (``n_kv_heads`` columns), ``q`` and the pattern per
+query head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechdemo.forward import BlockContext, block_context, logit_diff_from_resid, run_blocks
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+# hook suffix inside blocks.{l}. for each patchable head activation, and its head axis
+HEAD_HOOKS = {"z": ("attn.hook_z", 2), "q": ("attn.hook_q", 2), "k": ("attn.hook_k", 2),
+              "v": ("attn.hook_v", 2), "pattern": ("attn.hook_pattern", 1)}
+MAX_TOKENS_PER_FORWARD = 16_384  # copies x prompts x positions per batched forward pass
+
+
+@dataclass
+class PatchingRun:
+    """Clean and corrupted runs of one batch of equal-length prompts, cached once for every experiment."""
+
+    model: "TransformerBridge"
+    clean_tokens: Int[Tensor, "n pos"]
+    corrupted_tokens: Int[Tensor, "n pos"]
+    correct: Int[Tensor, " n"]
+    incorrect: Int[Tensor, " n"]
+    clean: dict[str, Tensor]  # hook name -> activation on the clean prompts
+    corrupted: dict[str, Tensor]
+    context: BlockContext
+    clean_ld: float  # mean logit difference
+    corrupted_ld: float
+
+    @property
+    def prefix(self) -> int:
+        """Positions before the first one where clean and corrupted prompts differ (identical in both runs)."""
+        return self.context.prefix_len
+
+    @property
+    def n(self) -> int:
+        return self.clean_tokens.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.clean_tokens.shape[1]
+
+    def normalize(self, ld: Tensor | float) -> Tensor | float:
+        """Map a mean logit difference to the 0 (corrupted) .. 1 (clean) scale."""
+        return (ld - self.corrupted_ld) / (self.clean_ld - self.corrupted_ld)
+
+    def metric(self, logits: Float[Tensor, "n pos d_vocab"]) -> Tensor:
+        """The normalised metric from full logits (for TransformerLens's patching functions)."""
+        from mechdemo.ioi import logit_diff
+
+        return self.normalize(logit_diff(logits, self.correct, self.incorrect).mean())
+
+
+def _cached_names(model: "TransformerBridge") -> list[str]:
+    names = ["ln_final.hook_in"]
+    for l in range(model.cfg.n_layers):
+        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_mlp_out"]
+        names += [f"blocks.{l}.{hook}" for hook, _ in HEAD_HOOKS.values()]
+    return names
+
+
+def prepare(
+    model: "TransformerBridge",
+    clean_tokens: Int[Tensor, "n pos"],
+    corrupted_tokens: Int[Tensor, "n pos"],
+    correct: Int[Tensor, " n"],
+    incorrect: Int[Tensor, " n"],
+    reuse_prefix: bool = True,
+) -> PatchingRun:
+    """Run and cache the clean and the corrupted prompts (same length, aligned positions).
+
+    ``reuse_prefix=False`` recomputes every position in every patched run (slower, same results).
+    """
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} differ")
+    names = _cached_names(model)
+    device = model.cfg.device
+    caches, lds = [], []
+    for tokens in (clean_tokens, corrupted_tokens):
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens.to(device), names_filter=names)
+        store = {k: v.detach() for k, v in cache.items()}
+        resid_end = store["ln_final.hook_in"][:, -1]
+        lds.append(logit_diff_from_resid(model, resid_end, correct, incorrect).float().mean().item())
+        caches.append(store)
+    if abs(lds[0] - lds[1]) < 1e-6:
+        raise ValueError("clean and corrupted prompts give the same logit difference: nothing to patch")
+    differs = (clean_tokens != corrupted_tokens).any(0).nonzero()
+    prefix = int(differs[0]) if reuse_prefix and len(differs) else 0
+    return PatchingRun(model, clean_tokens, corrupted_tokens, correct, incorrect, caches[0], caches[1],
+                       block_context(model, clean_tokens, prefix), lds[0], lds[1])
+
+
+def prepare_ioi(model: "TransformerBridge", batch) -> PatchingRun:
+    """:func:`prepare` for an :class:`mechdemo.ioi.IOIBatch`."""
+    return prepare(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect)
+
+
+# --- the batched engine ------------------------------------------------------------------------
+
+Patch = Callable[[Tensor, int], None]  # patch(one copy's activation [n, ...], patch index), in place
+
+
+def _run_copies(
+    run: PatchingRun,
+    layer: int,
+    n_copies: int,
+    hook_name: str | None,
+    patch: Patch,
+    resid_patch: Patch | None = None,
+) -> Float[Tensor, " copies"]:
+    """Normalised metric for ``n_copies`` patched copies of the corrupted batch, run from ``layer``.
+
+    ``patch(act, i)`` edits, in place, the activation at ``hook_name`` of the copy that carries
+    patch ``i`` (``act`` is that copy's [n, ...] slice); ``resid_patch`` edits the residual stream
+    entering ``layer`` instead.
+    """
+    model = run.model
+    resid0 = run.corrupted[f"blocks.{layer}.hook_resid_pre"][:, run.prefix :]
+    per_copy = run.n * run.context.n_run
+    chunk = max(1, MAX_TOKENS_PER_FORWARD // per_copy)
+    scores = []
+    correct, incorrect = run.correct.repeat(min(chunk, n_copies)), run.incorrect.repeat(min(chunk, n_copies))
+    for first in range(0, n_copies, chunk):
+        copies = min(chunk, n_copies - first)
+        resid = resid0.repeat(copies, 1, 1)
+        if resid_patch is not None:
+            view = resid.view(copies, run.n, *resid.shape[1:])
+            for i in range(copies):
+                resid_patch(view[i], first + i)
+        hooks = []
+        if hook_name is not None:
+            def hook(act, hook, copies=copies, first=first):
+                view = act.view(copies, run.n, *act.shape[1:])
+                for i in range(copies):
+                    patch(view[i], first + i)
+                return act
+
+            hooks.append((hook_name, hook))
+        with torch.no_grad():
+            final = run_blocks(model, resid, layer, run.context, fwd_hooks=hooks)
+            ld = logit_diff_from_resid(model, final[:, -1], correct[: copies * run.n], incorrect[: copies * run.n])
+        scores.append(run.normalize(ld.float().view(copies, run.n).mean(1)).cpu())
+    return torch.cat(scores)
+
+
+def _suffix(run: PatchingRun, name: str) -> Tensor:
+    """The clean activation at ``name`` on the positions the patched runs compute."""
+    act = run.clean[name]
+    if run.prefix == 0:
+        return act
+    if name.endswith("hook_pattern"):  # [n, head, query, key]: queries from the prefix on, all keys
+        return act[:, :, run.prefix :]
+    return act[:, run.prefix :]
+
+
+def _layers(run: PatchingRun, progress: bool, desc: str):
+    return tqdm(range(run.model.cfg.n_layers), desc=desc, unit="layer", disable=not progress, leave=False)
+
+
+# --- activation patching -----------------------------------------------------------------------
+
+
+def patch_resid_pre(run: PatchingRun, progress: bool = False) -> Float[Tensor, "n_layers pos"]:
+    """Patch the residual stream entering each layer at each position."""
+    out = torch.zeros(run.model.cfg.n_layers, run.n_pos)  # prefix positions: clean = corrupted, score 0
+    for layer in _layers(run, progress, "resid_pre"):
+        clean = _suffix(run, f"blocks.{layer}.hook_resid_pre")
+
+        def patch(act, i, clean=clean):
+            act[:, i] = clean[:, i]
+
+        out[layer, run.prefix :] = _run_copies(run, layer, run.context.n_run, None, None, resid_patch=patch)
+    return out
+
+
+def _patch_whole(run: PatchingRun, suffix: str, progress: bool) -> Float[Tensor, " n_layers"]:
+    out = torch.zeros(run.model.cfg.n_layers)
+    for layer in _layers(run, progress, suffix):
+        name = f"blocks.{layer}.{suffix}"
+        clean = _suffix(run, name)
+
+        def patch(act, i, clean=clean):
+            act[:] = clean
+
+        out[layer] = _run_copies(run, layer, 1, name, patch)[0]
+    return out
+
+
+def patch_attn_out(run: PatchingRun, progress: bool = False) -> Float[Tensor, " n_layers"]:
+    """Patch each layer's whole attention output (all heads, all positions)."""
+    return _patch_whole(run, "hook_attn_out", progress)
+
+
+def patch_mlp_out(run: PatchingRun, progress: bool = False) -> Float[Tensor, " n_layers"]:
+    """Patch each layer's MLP output (all positions)."""
+    return _patch_whole(run, "hook_mlp_out", progress)
+
+
+def patch_heads(run: PatchingRun, activation: str = "z", progress: bool = False) -> Float[Tensor, "n_layers heads"]:
+    """Patch one head's ``z`` (its output), ``q``, ``k``, ``v`` or ``pattern`` at all positions.
+
+    Returns [n_layers, n_heads] (or [n_layers, n_kv_heads] for ``k`` and ``v``).
+    """
+    suffix, axis = HEAD_HOOKS[activation]
+    n_cols = run.clean[f"blocks.0.{suffix}"].shape[axis]
+    out = torch.zeros(run.model.cfg.n_layers, n_cols)
+    for layer in _layers(run, progress, f"heads {activation}"):
+        name = f"blocks.{layer}.{suffix}"
+        clean = _suffix(run, name)
+
+        def patch(act, i, clean=clean, axis=axis):
+            index = (slice(None),) * axis + (i,)
+            act[index] = clean[index]
+
+        out[layer] = _run_copies(run, layer, n_cols, name, patch)
+    return out
+
+
+def patch_heads_by_position(run: PatchingRun, progress: bool = False) -> Float[Tensor, "n_layers pos n_heads"]:
+    """Patch one head's output (``z``) at one position: [n_layers, pos, n_heads], as TransformerLens orders it."""
+    n_heads, n_run = run.model.cfg.n_heads, run.context.n_run
+    out = torch.zeros(run.model.cfg.n_layers, run.n_pos, n_heads)  # prefix positions: score 0
+    for layer in _layers(run, progress, "heads by position"):
+        name = f"blocks.{layer}.attn.hook_z"
+        clean = _suffix(run, name)
+
+        def patch(act, i, clean=clean):
+            pos, head = divmod(i, n_heads)
+            act[:, pos, head] = clean[:, pos, head]
+
+        out[layer, run.prefix :] = _run_copies(run, layer, n_run * n_heads, name, patch).view(n_run, n_heads)
+    return out
+
+
+# --- attribution patching ----------------------------------------------------------------------
+
+
+def attribution_patching(run: PatchingRun) -> dict[str, Tensor]:
+    """Linear estimates of :func:`patch_resid_pre` ([n_layers, pos]) and :func:`patch_heads` ``z``
+    ([n_layers, n_heads]) from one forward and one backward pass on the corrupted prompts (the clean
+    forward pass is the one :func:`prepare` already cached)."""
+    model = run.model
+    n_layers = model.cfg.n_layers
+    acts: dict[str, Tensor] = {}
+
+    def keep(name):
+        def hook(act, hook):
+            act.retain_grad()
+            acts[name] = act
+            return act
+
+        return hook
+
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, keep(n)) for n in names]):
+        logits = model(run.corrupted_tokens.to(model.cfg.device))
+        metric = run.metric(logits)
+        metric.backward()
+    resid = torch.zeros(n_layers, run.n_pos)
+    heads = torch.zeros(n_layers, model.cfg.n_heads)
+    for l in range(n_layers):
+        name = f"blocks.{l}.hook_resid_pre"
+        delta = run.clean[name] - acts[name].detach()
+        resid[l] = (delta * acts[name].grad).sum((0, 2)).cpu()
+        name = f"blocks.{l}.attn.hook_z"
+        delta = run.clean[name] - acts[name].detach()
+        heads[l] = (delta * acts[name].grad).sum((0, 1, 3)).cpu()
+    model.zero_grad(set_to_none=True)
+    return {"resid_pre": resid, "heads": heads}
