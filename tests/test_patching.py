@@ -1,0 +1,149 @@
+"""Activation, attribution and path patching against TransformerLens and hand-made patches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformer_lens.patching as tlp
+
+from mechdemo.ioi import ioi_batch
+from mechdemo.models import random_model
+from mechdemo.patching import (
+    attribution_patching,
+    patch_attn_out,
+    patch_heads,
+    patch_heads_by_position,
+    patch_mlp_out,
+    patch_resid_pre,
+    prepare,
+    prepare_ioi,
+)
+from mechdemo.path_patching import path_patch, path_patch_each_head
+
+ATOL = 2e-4  # normalised metric; the prefix reuse changes summation order only
+
+
+def _run_and_cache(bridge, batch, reuse_prefix=True):
+    run = prepare(bridge, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, reuse_prefix)
+    with torch.no_grad():
+        _, clean_cache = bridge.run_with_cache(batch.tokens)
+    return run, clean_cache
+
+
+@pytest.mark.parametrize("name", ["gpt2", "meta-llama/Llama-3.2-1B"])
+def test_activation_patching_equals_transformer_lens(name, model, random_bridge):
+    # TL runs one full forward per patch; a 128k-token unembedding makes each Llama one slow: 1 layer
+    bridge = random_bridge(name) if name == "gpt2" else random_model(name, n_layers=1)
+    batch = ioi_batch(model, 0, 4)
+    run, clean_cache = _run_and_cache(bridge, batch)
+    args = (bridge, batch.corrupted_tokens, clean_cache, run.metric)
+    with torch.no_grad():
+        pairs = [
+            (patch_resid_pre(run), tlp.get_act_patch_resid_pre(*args)),
+            (patch_heads(run, "z"), tlp.get_act_patch_attn_head_out_all_pos(*args)),
+            (patch_heads(run, "q"), tlp.get_act_patch_attn_head_q_all_pos(*args)),
+            (patch_heads(run, "pattern"), tlp.get_act_patch_attn_head_pattern_all_pos(*args)),
+        ]
+        if name == "gpt2":
+            # TL's k/v functions index query heads (with GQA k and v have fewer heads), and its
+            # by-position loop is one full forward per (layer, position, head): GPT-2 only.
+            pairs += [(patch_heads(run, "k"), tlp.get_act_patch_attn_head_k_all_pos(*args)),
+                      (patch_heads(run, "v"), tlp.get_act_patch_attn_head_v_all_pos(*args)),
+                      (patch_heads_by_position(run), tlp.get_act_patch_attn_head_out_by_pos(*args))]
+    for ours, theirs in pairs:
+        torch.testing.assert_close(ours, theirs.float(), atol=ATOL, rtol=0)
+
+
+def test_layer_outputs_equal_manual_patches(model, random_bridge):
+    """attn_out / mlp_out patching against a hand-written hook on the full forward pass."""
+    bridge = random_bridge("meta-llama/Llama-3.2-1B")
+    batch = ioi_batch(model, 0, 4)
+    run, clean_cache = _run_and_cache(bridge, batch)
+    for fn, hook in ((patch_attn_out, "hook_attn_out"), (patch_mlp_out, "hook_mlp_out")):
+        ours = fn(run)
+        for layer in range(bridge.cfg.n_layers):
+            name = f"blocks.{layer}.{hook}"
+            with torch.no_grad():
+                logits = bridge.run_with_hooks(batch.corrupted_tokens, fwd_hooks=[(name, lambda a, hook, n=name: clean_cache[n])])
+            assert ours[layer].item() == pytest.approx(run.metric(logits).item(), abs=ATOL)
+
+
+def test_offline_model_head_patching_equals_manual_patches(model):
+    batch = ioi_batch(model, 0, 6)
+    run = prepare_ioi(model, batch)
+    ours = patch_heads(run, "z")
+    with torch.no_grad():
+        _, clean = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_z"))
+    for layer, head in [(23, 3), (17, 4), (5, 2)]:
+        name = f"blocks.{layer}.attn.hook_z"
+
+        def hook(act, hook, head=head, name=name):
+            act[:, :, head] = clean[name][:, :, head]
+            return act
+
+        with torch.no_grad():
+            logits = model.run_with_hooks(batch.corrupted_tokens, fwd_hooks=[(name, hook)])
+        assert ours[layer, head].item() == pytest.approx(run.metric(logits).item(), abs=ATOL)
+
+
+def test_patching_the_only_difference_restores_the_clean_run(model):
+    batch = ioi_batch(model, 0, 6)
+    run = prepare_ioi(model, batch)
+    resid = patch_resid_pre(run)
+    s2 = int(batch.positions["S2"][0])
+    assert resid[0, s2].item() == pytest.approx(1.0, abs=1e-4)  # layer 0, S2: the whole difference
+    others = [p for p in range(batch.tokens.shape[1]) if p != s2]
+    assert resid[0, others].abs().max().item() < 1e-4  # identical activations: no-op patches
+
+
+def test_prefix_reuse_gives_the_same_results(model):
+    batch = ioi_batch(model, 1, 4)
+    fast = prepare_ioi(model, batch)
+    slow = prepare(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, reuse_prefix=False)
+    assert fast.prefix == int(batch.positions["S2"][0]) and slow.prefix == 0
+    torch.testing.assert_close(patch_heads(fast, "z"), patch_heads(slow, "z"), atol=ATOL, rtol=0)
+
+
+def test_attribution_patching_tracks_activation_patching(model):
+    batch = ioi_batch(model, 0, 8)
+    run = prepare_ioi(model, batch)
+    estimate = attribution_patching(run)["heads"]
+    exact = patch_heads(run, "z")
+    r = torch.corrcoef(torch.stack([estimate.flatten(), exact.flatten()]))[0, 1]
+    assert r > 0.9
+    assert all(p.grad is None for p in model.parameters())  # no gradients left behind
+
+
+def test_path_patching_with_no_senders_changes_nothing(model):
+    run = prepare_ioi(model, ioi_batch(model, 0, 4))
+    assert path_patch(run, [[]], "logits").tolist() == [1.0]
+    # batched with a real sender set, the empty copy still reproduces the clean run (up to float reordering)
+    assert path_patch(run, [[], [(5, 1)]], [(20, 0, "q"), (23, 1, "k")])[0].item() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("which", ["default", "gpt2"])
+def test_path_patching_last_layer_head_equals_reverse_activation_patching(which, model, random_bridge):
+    """A last-layer head's only path is the direct one: path patching = corrupting that head in the clean run."""
+    batch = ioi_batch(model, 0, 4)
+    model = model if which == "default" else random_bridge(which)
+    run = prepare_ioi(model, batch)
+    last = model.cfg.n_layers - 1
+    scores = path_patch(run, [[(last, h)] for h in (0, 1)], "logits")
+    with torch.no_grad():
+        _, corrupted = model.run_with_cache(batch.corrupted_tokens, names_filter=f"blocks.{last}.attn.hook_z")
+    for i, head in enumerate((0, 1)):
+        def hook(act, hook, head=head):
+            act[:, :, head] = corrupted[f"blocks.{last}.attn.hook_z"][:, :, head]
+            return act
+
+        with torch.no_grad():
+            logits = model.run_with_hooks(batch.tokens, fwd_hooks=[(f"blocks.{last}.attn.hook_z", hook)])
+        assert scores[i].item() == pytest.approx(run.metric(logits).item(), abs=ATOL)
+
+
+def test_path_patching_rejects_senders_after_receivers(model):
+    run = prepare_ioi(model, ioi_batch(model, 0, 2))
+    with pytest.raises(ValueError, match="cannot reach"):
+        path_patch(run, [[(25, 0)]], [(20, 0, "q")])
+    scan = path_patch_each_head(run, [(2, 0, "v")])
+    assert scan.shape == (30, 9) and scan[2:].isnan().all() and not scan[:2].isnan().any()
