@@ -238,6 +238,72 @@ def _configure_ioi(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+# --- mechdemo extract / dataset --------------------------------------------------------------
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from mechdemo.datasets import ExtractConfig, extract
+    from mechdemo.models import DEFAULT_MODEL
+
+    cfg = ExtractConfig(model=args.model or DEFAULT_MODEL, layer=args.layer, corpus=args.corpus,
+                        seq_len=args.seq_len, batch_size=args.batch_size, shard_size=args.shard_size,
+                        max_tokens=args.max_tokens)
+    manifest = extract(cfg, args.out, progress=not args.json, push_to_hub=args.push_to_hub)
+    if manifest:  # process 0
+        summary = {"out": str(args.out), "tokens": manifest["tokens"], "shards": len(manifest["shards"]),
+                   "norm_stats": manifest["norm_stats"], "pushed_to_hub": manifest.get("pushed_to_hub")}
+        if args.json:
+            _print_json(summary)
+        else:
+            print(f"{args.out}: {summary['tokens']:,} tokens in {summary['shards']} shards, "
+                  f"rms {summary['norm_stats']['rms']:.4g}")
+    return 0
+
+
+@command("extract", "build (or resume) an activation dataset: one layer's MLP output for every token of a corpus",
+         _run_extract)
+def _configure_extract(p: argparse.ArgumentParser) -> None:
+    from mechdemo.corpus import OFFLINE_CORPUS, PILE
+
+    p.add_argument("--model", default=None, help="model (default: the offline default)")
+    p.add_argument("--layer", type=int, required=True, help="MLP layer (Llama 3.2 1B: 8, as in the course)")
+    p.add_argument("--corpus", default=OFFLINE_CORPUS,
+                   help=f"{OFFLINE_CORPUS!r} (offline default), a .txt/.jsonl file or folder, or a Hub dataset "
+                        f"such as {PILE!r}")
+    p.add_argument("--out", required=True, help="output folder (rerun with the same arguments to resume)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--max-tokens", type=int, default=None, help="stop after about this many stored tokens")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
+    p.add_argument("--shard-size", type=int, default=50_000, help="tokens per shard (default 50,000)")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub dataset repo")
+    p.add_argument("--json", action="store_true")
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    from mechdemo.datasets import ActivationDataset
+
+    data = ActivationDataset(args.dir, verify=args.verify)
+    info = data.info()
+    if args.json:
+        _print_json(info)
+        return 0
+    stats = info["norm_stats"]
+    print(f"{info['path']}: {info['model']} layer {info['layer']} MLP output, corpus {info['corpus']}")
+    print(f"  {info['tokens']:,} tokens x {info['d_model']} ({info['dtype']}), {info['shards']} shards, "
+          f"{info['bytes'] / 1e6:,.1f} MB")
+    print(f"  rms {stats['rms']:.4g} (per element {stats['rms_per_element']:.4g})"
+          + ("; verified" if args.verify else ""))
+    return 0
+
+
+@command("dataset", "describe an activation dataset (mechdemo dataset info DIR)", _run_dataset)
+def _configure_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["info"])
+    p.add_argument("dir")
+    p.add_argument("--verify", action="store_true", help="check every shard's size and sha256")
+    p.add_argument("--json", action="store_true")
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 

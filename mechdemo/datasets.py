@@ -1,0 +1,471 @@
+"""Activation datasets: one layer's MLP output for every token of a corpus, sharded on disk.
+
+What the course's pipeline did (stream a corpus through Llama 3.2 1B, keep the MLP-8 output of
+every non-special token as bf16 bit patterns in uint16, shards of 50,000 tokens, a global RMS),
+rebuilt to be fast, exact and crash-safe:
+
+**Only the layers needed.** The forward pass stops after layer ``n`` (``stop_at_layer``): the
+later layers and the unembedding, most of the course's cost, are never computed.
+
+**Deterministic plan.** Documents come from :mod:`mechdemo.corpus` in a fixed order and are cut
+into fixed-length chunks; batch ``b`` is chunks ``b*B .. b*B+B-1``. How many tokens a batch stores
+is known from its token ids alone (special and padding tokens are dropped), so the whole plan
+(which batches make which shard, where ``--max-tokens`` stops) follows from tokenisation, before
+any model runs. Shard ``k`` of process ``r`` is always the same batches.
+
+**Crash-safe and resumable.** A shard is written to a temporary file and renamed into place when
+complete; its size and sha256 go into the process's progress file (also written atomically).
+Killed at any moment, a rerun with the same arguments re-tokenises, skips every shard that is
+complete and intact, rebuilds any that is missing or damaged, and continues: the result equals
+an uninterrupted run, bit for bit (same batches, same arithmetic).
+
+**Several processes.** Under ``torchrun`` / ``accelerate launch`` (``RANK``/``WORLD_SIZE`` set) process
+``r`` of ``W`` takes the batches with ``b % W == r``: a disjoint, deterministic share. Each writes its
+own shards and progress file; when all are done (a ``gloo``/``nccl`` barrier) process 0 merges them
+into ``manifest.json`` and ``norm_stats.json``.
+
+**Format.** Arrow IPC files (uncompressed, so they can be memory-mapped), one row per token:
+``doc_id`` (int64), ``tok_pos`` (int32, position in the document's tokens), ``token_id`` (int32) and
+``act`` (``d_model`` x uint16: the bf16 bit pattern, an exact round trip). ``norm_stats.json`` holds
+``tokens``, ``rms = sqrt(mean over tokens of ||x||^2)`` (the course's definition), the per-element
+RMS, the layer, model and dtype. :class:`ActivationDataset` reads it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from mechdemo import __version__
+from mechdemo.errors import CorruptFileError, MechdemoError
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+NORM_STATS = "norm_stats.json"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that determines a dataset's content (a rerun must use the same values)."""
+
+    model: str
+    layer: int
+    corpus: str
+    seq_len: int = 128
+    batch_size: int = 16
+    shard_size: int = 50_000  # tokens per shard (a shard closes at the first batch boundary past it)
+    max_tokens: int | None = None
+    dtype: str = "bfloat16"
+
+
+def to_uint16(x: Tensor) -> np.ndarray:
+    """bf16 bit patterns of ``x`` as uint16 (rounding to bf16 first)."""
+    return x.to(torch.bfloat16).contiguous().view(torch.uint16).cpu().numpy()
+
+
+def from_uint16(bits: np.ndarray) -> Tensor:
+    """The bf16 tensor whose bit patterns are ``bits`` (exact inverse of :func:`to_uint16`)."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint16)
+    if not bits.flags.writeable:  # a memory-mapped file: torch wants memory it may write to
+        bits = bits.copy()
+    return torch.from_numpy(bits).view(torch.bfloat16)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    index: int  # global batch index
+    chunks: list  # list[mechdemo.corpus.Chunk]
+    keep: np.ndarray  # [n_chunks, seq_len] bool: which positions are stored
+    rows: int
+
+
+@dataclass
+class ShardPlan:
+    rank: int
+    index: int  # shard index within the rank
+    batches: list[Batch] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(b.rows for b in self.batches)
+
+    @property
+    def name(self) -> str:
+        return f"shard-r{self.rank:03d}-{self.index:05d}.arrow"
+
+
+def _batches(model: "TransformerBridge", cfg: ExtractConfig) -> Iterator[Batch]:
+    from mechdemo.corpus import iter_chunks
+
+    special = set(model.tokenizer.all_special_ids) | {model.tokenizer.pad_token_id}
+    special_ids = np.array(sorted(i for i in special if i is not None))
+    chunks, index, total = [], 0, 0
+
+    def make(chunks, index):
+        ids = np.array([c.ids for c in chunks])
+        keep = ~np.isin(ids, special_ids)
+        return Batch(index, chunks, keep, int(keep.sum()))
+
+    for chunk in iter_chunks(model, cfg.corpus, cfg.seq_len):
+        chunks.append(chunk)
+        if len(chunks) == cfg.batch_size:
+            batch = make(chunks, index)
+            yield batch
+            total += batch.rows
+            chunks, index = [], index + 1
+            if cfg.max_tokens is not None and total >= cfg.max_tokens:
+                return
+    if chunks:
+        yield make(chunks, index)
+
+
+def plan_shards(model: "TransformerBridge", cfg: ExtractConfig, rank: int = 0, world_size: int = 1) -> Iterator[ShardPlan]:
+    """The shards process ``rank`` of ``world_size`` writes, with their batches (no model run)."""
+    shard = ShardPlan(rank, 0)
+    for batch in _batches(model, cfg):
+        if batch.index % world_size != rank:
+            continue
+        shard.batches.append(batch)
+        if shard.rows >= cfg.shard_size:
+            yield shard
+            shard = ShardPlan(rank, shard.index + 1)
+    if shard.batches:
+        yield shard
+
+
+# --- extraction -------------------------------------------------------------------------------
+
+
+def _schema(d_model: int, metadata: dict) -> pa.Schema:
+    return pa.schema(
+        [("doc_id", pa.int64()), ("tok_pos", pa.int32()), ("token_id", pa.int32()),
+         ("act", pa.list_(pa.uint16(), d_model))],
+        metadata={"mechdemo": json.dumps(metadata)},
+    )
+
+
+def _activations(model: "TransformerBridge", batch: Batch, layer: int) -> tuple[np.ndarray, dict]:
+    """Run the batch up to layer ``layer`` and return the stored rows' activations (uint16) and metadata."""
+    from mechdemo.activations import mlp_outputs
+
+    ids = torch.tensor([c.ids for c in batch.chunks])
+    acts = mlp_outputs(model, ids, [layer])[layer]  # [n, seq_len, d_model]
+    keep = torch.from_numpy(batch.keep)
+    kept = acts[keep.to(acts.device)]
+    rows, cols = np.nonzero(batch.keep)
+    doc = np.array([c.doc_id for c in batch.chunks])[rows]
+    pos = np.array([c.start - c.offset for c in batch.chunks])[rows] + cols
+    return to_uint16(kept), {"doc_id": doc, "tok_pos": pos, "token_id": ids.numpy()[batch.keep]}
+
+
+def _write_shard(path: Path, d_model: int, parts: list, metadata: dict) -> dict:
+    """Write ``parts`` (activation bits + metadata per batch) as one Arrow file, atomically."""
+    bits = np.concatenate([p[0] for p in parts])
+    meta = {k: np.concatenate([p[1][k] for p in parts]) for k in ("doc_id", "tok_pos", "token_id")}
+    values = pa.array(bits.reshape(-1), type=pa.uint16())
+    table = pa.table(
+        {"doc_id": pa.array(meta["doc_id"], pa.int64()), "tok_pos": pa.array(meta["tok_pos"], pa.int32()),
+         "token_id": pa.array(meta["token_id"], pa.int32()),
+         "act": pa.FixedSizeListArray.from_arrays(values, d_model)},
+        schema=_schema(d_model, metadata),
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=65_536)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    sum_sq = float(np.square(from_uint16(bits).double().numpy()).sum())
+    return {"file": path.name, "rows": len(bits), "bytes": path.stat().st_size, "sha256": _sha256(path),
+            "sum_sq": sum_sq}
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    return rank, world, local
+
+
+def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
+    config_file = out / "config.json"
+    wanted = {**asdict(cfg), "format": FORMAT}
+    if config_file.exists():
+        have = json.loads(config_file.read_text())
+        if have != wanted:
+            diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
+            raise MechdemoError(
+                f"{out} holds a dataset built with other arguments {diff} (had, asked). Rerun with the "
+                "same arguments to resume it, or choose another --out."
+            )
+
+
+def extract(
+    cfg: ExtractConfig,
+    out_dir: str | Path,
+    model: "TransformerBridge | None" = None,
+    progress: bool = True,
+    push_to_hub: str | None = None,
+) -> dict:
+    """Build (or resume) the dataset of ``cfg`` in ``out_dir``; return the manifest."""
+    from tqdm.auto import tqdm
+
+    from mechdemo.activations import check_layer
+    from mechdemo.models import get_spec, load_model
+
+    rank, world, local = _distributed()
+    out = Path(out_dir)
+    cfg = ExtractConfig(**{**asdict(cfg), "model": get_spec(cfg.model).name})
+    _check_out_dir(out, cfg)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if model is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else None
+        model = load_model(cfg.model, device=device)
+    check_layer(model, cfg.layer)
+    d_model = model.cfg.d_model
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        _write_json_atomic(out / "config.json", {**asdict(cfg), "format": FORMAT})
+    for pattern in (f".shard-r{rank:03d}-*.tmp", f".progress-r{rank:03d}.json.*.tmp"):  # left by a killed run
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
+    progress_file = out / f"progress-r{rank:03d}.json"
+    done = json.loads(progress_file.read_text())["shards"] if progress_file.exists() else {}
+    bar = tqdm(total=cfg.max_tokens and -(-cfg.max_tokens // world), unit="tok", unit_scale=True,
+               desc=f"extract L{cfg.layer}" + (f" [{rank}/{world}]" if world > 1 else ""), disable=not progress)
+    start = time.perf_counter()
+    computed = 0
+    for shard in plan_shards(model, cfg, rank, world):
+        record = done.get(shard.name)
+        path = out / shard.name
+        if record and _intact(path, record):
+            bar.update(record["rows"])
+            continue
+        if record:
+            log.warning("%s is missing or damaged: rebuilding it.", path)
+        parts = []
+        for batch in shard.batches:
+            parts.append(_activations(model, batch, cfg.layer))
+            bar.update(batch.rows)
+            computed += batch.rows
+            bar.set_postfix_str(f"{computed / (time.perf_counter() - start):,.0f} tok/s computed")
+        meta = {"rank": rank, "index": shard.index, "batches": [b.index for b in shard.batches],
+                "layer": cfg.layer, "model": cfg.model}
+        done[shard.name] = {**_write_shard(path, d_model, parts, meta), "batches": meta["batches"]}
+        _write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": False})
+    _write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": True})
+    bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    manifest = merge_manifest(out, cfg, d_model) if rank == 0 else {}
+    if rank == 0 and push_to_hub:
+        manifest = _push(out, push_to_hub, manifest)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return manifest
+
+
+def _intact(path: Path, record: dict) -> bool:
+    return path.is_file() and path.stat().st_size == record["bytes"] and _sha256(path) == record["sha256"]
+
+
+def merge_manifest(out: Path, cfg: ExtractConfig, d_model: int) -> dict:
+    """Merge every process's progress into ``manifest.json`` and ``norm_stats.json``."""
+    shards, sum_sq, incomplete = [], 0.0, []
+    for progress_file in sorted(out.glob("progress-r*.json")):
+        state = json.loads(progress_file.read_text())
+        if not state.get("complete"):
+            incomplete.append(progress_file.name)
+        for record in state["shards"].values():
+            shards.append(record)
+            sum_sq += record["sum_sq"]
+    if incomplete:
+        raise MechdemoError(f"{', '.join(incomplete)} not complete: rerun the same command to finish")
+    shards.sort(key=lambda r: r["file"])
+    tokens = sum(r["rows"] for r in shards)
+    rms = (sum_sq / tokens) ** 0.5 if tokens else 0.0
+    stats = {"tokens": tokens, "rms": rms, "rms_per_element": rms / d_model**0.5, "layer": cfg.layer,
+             "model": cfg.model, "dtype": cfg.dtype, "d_model": d_model}
+    manifest = {"format": FORMAT, "mechdemo_version": __version__, "config": asdict(cfg), "d_model": d_model,
+                "tokens": tokens, "shards": shards, "norm_stats": stats}
+    _write_json_atomic(out / NORM_STATS, stats)
+    _write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def _push(out: Path, repo: str, manifest: dict) -> dict:
+    """Upload the dataset folder to a Hub dataset repo; on failure keep everything local and say so."""
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo, repo_type="dataset", exist_ok=True, private=True)
+        api.upload_folder(folder_path=str(out), repo_id=repo, repo_type="dataset",
+                          allow_patterns=["*.arrow", "*.json"], ignore_patterns=["progress-*.json"])
+        manifest["pushed_to_hub"] = {"repo": repo, "ok": True}
+    except Exception as err:  # noqa: BLE001 - any failure: keep the local copy, report, go on
+        log.warning("Upload to %s failed (%s: %s). Nothing is lost: the dataset is complete in %s; "
+                    "upload it later with `hf upload %s %s --repo-type dataset`.",
+                    repo, type(err).__name__, err, out, repo, out)
+        manifest["pushed_to_hub"] = {"repo": repo, "ok": False, "error": f"{type(err).__name__}: {err}"}
+    _write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+class ActivationDataset:
+    """A dataset written by :func:`extract`: memory-mapped shards, batches as tensors."""
+
+    def __init__(self, path: str | Path, verify: bool = False):
+        self.path = Path(path)
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            raise MechdemoError(f"{self.path} has no {MANIFEST}: not a finished dataset (rerun `mechdemo extract` "
+                                "with the same arguments to finish it)")
+        self.manifest = json.loads(manifest.read_text())
+        self.d_model: int = self.manifest["d_model"]
+        self.norm_stats: dict = self.manifest["norm_stats"]
+        self._tables: dict[str, pa.Table] = {}
+        if verify:
+            self.verify()
+
+    def __len__(self) -> int:
+        return self.manifest["tokens"]
+
+    @property
+    def shards(self) -> list[dict]:
+        return self.manifest["shards"]
+
+    def verify(self) -> None:
+        """Check every shard's size and sha256; raise :class:`CorruptFileError` naming the first bad one."""
+        for record in self.shards:
+            path = self.path / record["file"]
+            if not _intact(path, record):
+                raise CorruptFileError(
+                    f"{path} is missing, truncated or damaged (size/sha256 differ from the manifest). Rerun "
+                    f"`mechdemo extract` with the dataset's arguments ({self.config_args()}): it rebuilds only "
+                    "that shard."
+                )
+
+    def config_args(self) -> str:
+        c = self.manifest["config"]
+        args = f"--model {c['model']} --layer {c['layer']} --corpus {c['corpus']} --out {self.path} " \
+               f"--seq-len {c['seq_len']} --batch-size {c['batch_size']} --shard-size {c['shard_size']}"
+        return args + (f" --max-tokens {c['max_tokens']}" if c.get("max_tokens") else "")
+
+    def table(self, i: int) -> pa.Table:
+        """Shard ``i`` as a memory-mapped Arrow table."""
+        name = self.shards[i]["file"]
+        if name not in self._tables:
+            path = self.path / name
+            try:
+                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+                table = reader.read_all()
+            except (OSError, pa.ArrowInvalid) as err:
+                raise CorruptFileError(
+                    f"{path} cannot be read ({err}). Rerun `mechdemo extract` with the dataset's arguments "
+                    f"({self.config_args()}): it rebuilds only the damaged shard."
+                ) from None
+            if table.num_rows != self.shards[i]["rows"]:
+                raise CorruptFileError(f"{path} has {table.num_rows} rows, the manifest says {self.shards[i]['rows']}")
+            self._tables[name] = table
+        return self._tables[name]
+
+    def shard_bits(self, i: int) -> np.ndarray:
+        """Shard ``i``'s activations as a [rows, d_model] uint16 array (a view of the file when possible)."""
+        column = self.table(i).column("act").combine_chunks()
+        return column.values.to_numpy(zero_copy_only=False).reshape(-1, self.d_model)
+
+    def column(self, name: str) -> np.ndarray:
+        return np.concatenate([self.table(i).column(name).to_numpy() for i in range(len(self.shards))])
+
+    def activations(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """All activations as one [tokens, d_model] tensor (loads everything: for small datasets)."""
+        return torch.cat([from_uint16(self.shard_bits(i)).to(dtype) for i in range(len(self.shards))])
+
+    def batches(
+        self,
+        batch_size: int = 4096,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_shards: int = 4,
+        dtype: torch.dtype = torch.float32,
+        normalize: bool = False,
+        epochs: int = 1,
+    ) -> Iterator[Tensor]:
+        """Batches of [batch_size, d_model] activations.
+
+        With ``shuffle``, shards come in a seeded random order and rows are shuffled within a buffer of
+        ``buffer_shards`` shards; ``normalize`` divides by ``rms_per_element`` (unit mean square).
+        """
+        generator = np.random.default_rng(seed)
+        scale = 1.0 / self.norm_stats["rms_per_element"] if normalize else 1.0
+        for _ in range(epochs):
+            order = generator.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
+            leftover = np.empty((0, self.d_model), dtype=np.uint16)
+            for first in range(0, len(order), buffer_shards):
+                buffer = np.concatenate([leftover] + [self.shard_bits(i) for i in order[first : first + buffer_shards]])
+                if shuffle:
+                    buffer = buffer[generator.permutation(len(buffer))]
+                n_full = len(buffer) // batch_size * batch_size
+                for start in range(0, n_full, batch_size):
+                    yield from_uint16(buffer[start : start + batch_size]).to(dtype) * scale
+                leftover = buffer[n_full:]
+            if len(leftover):
+                yield from_uint16(leftover).to(dtype) * scale
+
+    def info(self) -> dict:
+        c = self.manifest["config"]
+        return {
+            "path": str(self.path), "model": c["model"], "layer": c["layer"], "corpus": c["corpus"],
+            "tokens": len(self), "d_model": self.d_model, "shards": len(self.shards),
+            "bytes": sum(s["bytes"] for s in self.shards), "norm_stats": self.norm_stats,
+            "seq_len": c["seq_len"], "dtype": c["dtype"],
+            "pushed_to_hub": self.manifest.get("pushed_to_hub"),
+        }
