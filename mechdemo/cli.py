@@ -304,6 +304,96 @@ def _configure_dataset(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+# --- mechdemo sae ----------------------------------------------------------------------------------
+
+
+def _sae_summary(out, train_config: dict | None, metrics: dict) -> dict:
+    return {"sae": str(out), "train_config": train_config, "metrics": metrics}
+
+
+def _print_sae_metrics(metrics: dict) -> None:
+    print(f"  L0 {metrics['l0']:.1f}, explained variance {metrics['explained_variance']:.3f} (FVU {metrics['fvu']:.3f}), "
+          f"dead {metrics['dead_fraction']:.1%}, dense {metrics['dense_fraction']:.1%} on {metrics['tokens']:,} "
+          "held-out tokens")
+    if "ce_clean" in metrics:
+        print(f"  next-token loss {metrics['ce_clean']:.3f} -> {metrics['ce_spliced']:.3f} with the SAE spliced in "
+              f"(delta {metrics['delta_ce']:+.3f}; zero-ablation {metrics['ce_zero_ablation']:.3f}; "
+              f"loss recovered {metrics['loss_recovered']:.1%})")
+
+
+def _run_sae(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from mechdemo.datasets import ActivationDataset
+    from mechdemo.models import load_model
+    from mechdemo.sae import SAETrainConfig, evaluate_sae, load_sae, save_sae, train_sae
+
+    _check_sae_args(args)
+    data = ActivationDataset(args.data)
+    c = data.manifest["config"]
+    if args.action == "train":
+        cfg = SAETrainConfig(architecture=args.architecture, expansion=args.expansion, k=args.k,
+                             l1_coefficient=args.l1, l0_coefficient=args.l0, training_tokens=args.tokens,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        sae = train_sae(data, cfg, progress=not args.json)
+        model = None if args.no_model else load_model(c["model"])
+        metrics = evaluate_sae(sae, data, model, n_sequences=args.eval_sequences)
+        save_sae(sae, args.out, cfg, metrics)
+        summary = _sae_summary(args.out, asdict(cfg), metrics)
+    else:
+        sae = load_sae(args.sae)
+        meta = sae.cfg.metadata
+        if meta.get("layer") is not None and (meta.get("layer"), meta.get("model_name")) != (c["layer"], c["model"]):
+            from mechdemo.errors import MechdemoError
+
+            raise MechdemoError(f"{args.sae} was trained on {meta.get('model_name')} layer {meta.get('layer')}, but "
+                                f"{args.data} holds {c['model']} layer {c['layer']}: evaluate it on a dataset of "
+                                "the same model and layer")
+        model = None if args.no_model else load_model(c["model"])
+        summary = _sae_summary(args.sae, None, evaluate_sae(sae, data, model, n_sequences=args.eval_sequences))
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"{summary['sae']}: SAE on {c['model']} layer {c['layer']} MLP output")
+        _print_sae_metrics(summary["metrics"])
+    return 0
+
+
+@command("sae", "train (mechdemo sae train) or evaluate (mechdemo sae eval) a sparse autoencoder on an "
+                "activation dataset", _run_sae)
+def _configure_sae(p: argparse.ArgumentParser) -> None:
+    from mechdemo.sae import ARCHITECTURES, SAETrainConfig
+
+    d = SAETrainConfig()
+    p.add_argument("action", choices=["train", "eval"])
+    p.add_argument("--data", required=True, help="activation dataset folder (from `mechdemo extract`); its last shard "
+                                                 "is held out for evaluation")
+    p.add_argument("--out", help="train: folder for the SAE (SAELens format + mechdemo_sae.json)")
+    p.add_argument("--sae", help="eval: a saved SAE folder")
+    p.add_argument("--architecture", choices=ARCHITECTURES, default=d.architecture,
+                   help=f"relu (L1 penalty), topk or jumprelu (default {d.architecture})")
+    p.add_argument("--expansion", type=int, default=d.expansion, help=f"d_sae / d_model (default {d.expansion})")
+    p.add_argument("--k", type=int, default=d.k, help=f"topk: active features per token (default {d.k})")
+    p.add_argument("--l1", type=float, default=d.l1_coefficient, help=f"relu: L1 coefficient (default {d.l1_coefficient:g})")
+    p.add_argument("--l0", type=float, default=d.l0_coefficient, help=f"jumprelu: L0 coefficient (default {d.l0_coefficient:g})")
+    p.add_argument("--tokens", type=int, default=d.training_tokens,
+                   help=f"training samples (the dataset repeats if smaller; default {d.training_tokens:,})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"default {d.lr:g}")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval-sequences", type=int, default=32,
+                   help="held-out sequences for the spliced-loss evaluation (default 32)")
+    p.add_argument("--no-model", action="store_true", help="skip the spliced-loss evaluation (no model load)")
+    p.add_argument("--json", action="store_true")
+
+
+def _check_sae_args(args: argparse.Namespace) -> None:
+    if args.action == "train" and not args.out:
+        raise MechdemoError("mechdemo sae train needs --out DIR: the folder to save the SAE in")
+    if args.action == "eval" and not args.sae:
+        raise MechdemoError("mechdemo sae eval needs --sae DIR: a folder written by `mechdemo sae train`")
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 

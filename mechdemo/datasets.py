@@ -40,7 +40,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -438,16 +438,18 @@ class ActivationDataset:
         dtype: torch.dtype = torch.float32,
         normalize: bool = False,
         epochs: int = 1,
+        shards: Sequence[int] | None = None,
     ) -> Iterator[Tensor]:
-        """Batches of [batch_size, d_model] activations.
+        """Batches of [batch_size, d_model] activations (of all shards, or of ``shards``).
 
         With ``shuffle``, shards come in a seeded random order and rows are shuffled within a buffer of
         ``buffer_shards`` shards; ``normalize`` divides by ``rms_per_element`` (unit mean square).
         """
         generator = np.random.default_rng(seed)
         scale = 1.0 / self.norm_stats["rms_per_element"] if normalize else 1.0
+        chosen = np.arange(len(self.shards)) if shards is None else np.asarray(shards)
         for _ in range(epochs):
-            order = generator.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
+            order = generator.permutation(chosen) if shuffle else chosen
             leftover = np.empty((0, self.d_model), dtype=np.uint16)
             for first in range(0, len(order), buffer_shards):
                 buffer = np.concatenate([leftover] + [self.shard_bits(i) for i in order[first : first + buffer_shards]])

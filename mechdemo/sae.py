@@ -1,0 +1,393 @@
+"""Sparse autoencoders on one layer's MLP output, trained and evaluated with SAELens.
+
+An SAE rewrites an activation ``x`` (``d_in``) as a sparse, non-negative combination of
+``d_sae > d_in`` learned directions: ``f = act(W_enc (x - b_dec) + b_enc)``, ``x̂ = W_dec f + b_dec``.
+Three activations, as in the literature:
+
+* ``relu``: ReLU with an L1 penalty on ``f`` (Bricken et al. 2023, "Towards Monosemanticity");
+* ``topk``: keep the ``k`` largest pre-activations (Gao et al. 2024);
+* ``jumprelu``: a learned threshold per feature with an L0 penalty (Rajamanoharan et al. 2024,
+  the architecture of Gemma Scope).
+
+**From SAELens** (6.x): the three training SAE classes, :class:`sae_lens.SAETrainer` (Adam, schedules,
+dead-feature bookkeeping, and folding the input normalisation into the weights at the end), its
+inference ``SAE`` save/load format, :class:`sae_lens.evals.ExplainedVarianceCalculator` and
+:func:`sae_lens.evals.get_recons_loss` (splicing the reconstruction into the forward pass, and the
+zero-ablation baseline).
+
+**Written here**, because SAELens has no equivalent for our data: the data provider over a
+:class:`~mechdemo.datasets.ActivationDataset` (SAELens's ``ActivationsStore`` streams tokens through
+the model or reads its own cache format; ours are Arrow shards of bf16 bits, already computed), the
+held-out split by shard, held-out token sequences rebuilt from the dataset's ``doc_id``/``tok_pos``
+columns for the loss evaluation, L0 and dead/dense fractions over that set (SAELens computes them
+only inside ``run_evals``, which needs an ``ActivationsStore``), and each feature's top-activating
+contexts and promoted logits.
+
+Activations are divided by the dataset's per-element RMS while training (so that
+``E‖x‖² = d_in``, SAELens's "expected_average_only_in" convention, which makes ``l1_coefficient`` and
+learning rates transferable between models); SAELens folds that scale into the weights at the end,
+so a saved SAE takes raw MLP outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechdemo.datasets import ActivationDataset, from_uint16
+from mechdemo.errors import MechdemoError
+
+if TYPE_CHECKING:
+    from sae_lens import SAE, TrainingSAE
+    from transformer_lens.model_bridge import TransformerBridge
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("relu", "topk", "jumprelu")
+TRAIN_CONFIG = "mechdemo_sae.json"
+
+
+def default_layer(model_name: str, n_layers: int) -> int:
+    """The layer SAEs are trained on by default: 8 for Llama 3.2 1B (the course's choice), else the middle one."""
+    from mechdemo.models import get_spec
+
+    if get_spec(model_name).name == "meta-llama/Llama-3.2-1B":
+        return 8
+    return n_layers // 2
+
+
+def mlp_hook_name(layer: int) -> str:
+    """The hook point whose value is the MLP output of ``layer`` (what the datasets store)."""
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+@dataclass(frozen=True)
+class SAETrainConfig:
+    """How to train one SAE (every field is recorded next to the weights)."""
+
+    architecture: str = "topk"
+    expansion: int = 4  # d_sae = expansion * d_in
+    k: int = 32  # topk: active features per token
+    l1_coefficient: float = 5.0  # relu: weight of the L1 penalty (on normalised activations)
+    l0_coefficient: float = 2.0  # jumprelu: weight of the L0 penalty
+    jumprelu_init_threshold: float = 0.3  # on normalised activations; 0.01 (SAELens's) starts dense
+    training_tokens: int = 2_000_000  # samples seen (the dataset is repeated if smaller)
+    batch_size: int = 1024
+    lr: float = 4e-3  # measured here: converges faster than 1e-3 in a CPU-sized run
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise MechdemoError(f"unknown SAE architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.expansion < 1 or self.k < 1 or self.batch_size < 1 or self.training_tokens < self.batch_size:
+            raise MechdemoError("expansion, k and batch_size must be positive, training_tokens >= batch_size")
+
+    @property
+    def sparsity_setting(self) -> str:
+        """The knob that sets sparsity, e.g. 'k=32' or 'l1=5'."""
+        return {"topk": f"k={self.k}", "relu": f"l1={self.l1_coefficient:g}",
+                "jumprelu": f"l0={self.l0_coefficient:g}"}[self.architecture]
+
+
+def make_sae(cfg: SAETrainConfig, d_in: int, metadata: dict | None = None) -> "TrainingSAE":
+    """A freshly initialised SAELens training SAE (seeded)."""
+    from sae_lens import (
+        JumpReLUTrainingSAE,
+        JumpReLUTrainingSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
+    from sae_lens.saes.sae import SAEMetadata
+
+    common = dict(d_in=d_in, d_sae=cfg.expansion * d_in, dtype="float32", device="cpu",
+                  normalize_activations="expected_average_only_in", metadata=SAEMetadata(**(metadata or {})))
+    torch.manual_seed(cfg.seed)
+    if cfg.architecture == "topk":
+        return TopKTrainingSAE(TopKTrainingSAEConfig(k=cfg.k, **common))
+    if cfg.architecture == "relu":
+        return StandardTrainingSAE(StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient, **common))
+    return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+        l0_coefficient=cfg.l0_coefficient, jumprelu_init_threshold=cfg.jumprelu_init_threshold, **common))
+
+
+def split_shards(dataset: ActivationDataset) -> tuple[list[int], list[int]]:
+    """Training and held-out shards: the last shard is held out (a dataset needs two or more)."""
+    n = len(dataset.shards)
+    if n < 2:
+        raise MechdemoError(f"{dataset.path} has one shard: an SAE needs a held-out shard. Rebuild it with a smaller "
+                            "--shard-size (e.g. a quarter of --max-tokens)")
+    return list(range(n - 1)), [n - 1]
+
+
+def data_provider(
+    dataset: ActivationDataset, shards: Sequence[int], batch_size: int, seed: int = 0
+) -> Iterator[Float[Tensor, "batch d_in"]]:
+    """Endless shuffled batches of raw activations from ``shards`` (a new order every epoch)."""
+    epoch = 0
+    while True:
+        for batch in dataset.batches(batch_size, shuffle=True, seed=seed + epoch, shards=shards):
+            if len(batch) == batch_size:  # the trainer counts samples per step
+                yield batch
+        epoch += 1
+
+
+def train_sae(
+    dataset: ActivationDataset, cfg: SAETrainConfig = SAETrainConfig(), progress: bool = True
+) -> "TrainingSAE":
+    """Train an SAE on ``dataset``'s training shards; return it with the normalisation folded in."""
+    from sae_lens import SAETrainer
+    from sae_lens.config import SAETrainerConfig
+
+    train_shards, _ = split_shards(dataset)
+    c = dataset.manifest["config"]
+    sae = make_sae(cfg, dataset.d_model, metadata={
+        "model_name": c["model"], "hook_name": mlp_hook_name(c["layer"]), "hook_head_index": None,
+        "layer": c["layer"], "dataset": str(dataset.path), "mechdemo": asdict(cfg),
+    })
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=cfg.training_tokens, train_batch_size_samples=cfg.batch_size, lr=cfg.lr, lr_end=cfg.lr / 10,
+        lr_scheduler_name="constant", lr_decay_steps=max(1, cfg.training_tokens // cfg.batch_size // 5),
+        device="cpu", dead_feature_window=max(100, cfg.training_tokens // cfg.batch_size // 4),
+        feature_sampling_window=max(100, cfg.training_tokens // cfg.batch_size // 4),
+    )
+    trainer = SAETrainer(trainer_cfg, sae, data_provider(dataset, train_shards, cfg.batch_size, cfg.seed))
+    # The dataset's RMS sets the scale (SAELens would otherwise estimate it from 1,000 batches);
+    # fit() folds it into the weights when done.
+    trainer.activation_scaler.scaling_factor = 1.0 / dataset.norm_stats["rms_per_element"]
+    import sae_lens.training.sae_trainer as sae_trainer
+
+    original = sae_trainer.tqdm
+    if not progress:  # SAETrainer always draws its bar
+        sae_trainer.tqdm = _silent_tqdm(original)
+    try:
+        torch.manual_seed(cfg.seed)
+        sae = trainer.fit()
+    finally:
+        sae_trainer.tqdm = original
+    return sae
+
+
+def _silent_tqdm(tqdm_cls):
+    def make(*args, **kwargs):
+        kwargs["disable"] = True
+        return tqdm_cls(*args, **kwargs)
+
+    return make
+
+
+def save_sae(sae: "TrainingSAE", out: str | Path, cfg: SAETrainConfig, metrics: dict | None = None) -> Path:
+    """Save the inference SAE (SAELens format: ``cfg.json`` + safetensors) and our config and metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sae.save_inference_model(str(out))
+    record = {"train_config": asdict(cfg), "metrics": metrics or {}}
+    tmp = out / f".{TRAIN_CONFIG}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(out / TRAIN_CONFIG)
+    return out
+
+
+def load_sae(path: str | Path) -> "SAE":
+    """An SAE saved by :func:`save_sae` (or any SAELens ``save_model`` folder)."""
+    from sae_lens import SAE
+
+    path = Path(path)
+    if not (path / "cfg.json").is_file():
+        raise MechdemoError(f"{path} is not a saved SAE (no cfg.json): train one with `mechdemo sae train --out {path}`")
+    return SAE.load_from_disk(str(path), device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def encode_batches(sae: "SAE | TrainingSAE", x: Float[Tensor, "n d_in"], batch_size: int = 4096) -> Iterator[tuple[Tensor, Tensor]]:
+    """(features [b, d_sae], reconstruction [b, d_in]) for consecutive slices of ``x``."""
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        feats = sae.encode(chunk)
+        yield feats, sae.decode(feats)
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    sae: "SAE | TrainingSAE", x: Float[Tensor, "n d_in"], dense_threshold: float = 0.1
+) -> dict[str, float]:
+    """L0, explained variance, and dead / dense feature fractions on activations ``x``.
+
+    * ``l0``: mean number of active features per token;
+    * ``explained_variance``: ``1 - E‖x - x̂‖² / Var(x)`` (SAELens's calculator); ``fvu`` is ``1 -`` that;
+    * ``dead_fraction``: features that never fire on ``x``; ``dense_fraction``: features that fire on
+      more than ``dense_threshold`` of the tokens.
+    """
+    from sae_lens.evals import ExplainedVarianceCalculator
+
+    ev = ExplainedVarianceCalculator()
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    active = 0
+    start = 0
+    for feats, recon in encode_batches(sae, x):
+        ev.add_batch(recon, x[start : start + len(recon)])
+        start += len(recon)
+        on = feats > 0
+        fired += on.sum(0)
+        active += int(on.sum())
+    explained = ev.compute()
+    freq = fired.float() / len(x)
+    return {
+        "l0": active / len(x),
+        "explained_variance": explained,
+        "fvu": 1.0 - explained,
+        "dead_fraction": float((fired == 0).float().mean()),
+        "dense_fraction": float((freq > dense_threshold).float().mean()),
+        "tokens": len(x),
+    }
+
+
+def heldout_sequences(
+    dataset: ActivationDataset, shard: int, seq_len: int, bos: int, max_sequences: int = 32
+) -> Int[Tensor, "n seq_len"]:
+    """Token sequences ``[BOS] + seq_len-1 tokens`` rebuilt from a shard's ``doc_id``/``tok_pos``/``token_id``.
+
+    Runs of consecutive positions of one document are cut into full-length pieces, so the model sees
+    the held-out text exactly as the dataset stored it (special tokens were not stored).
+    """
+    table = dataset.table(shard)
+    doc, pos, tok = (table.column(c).to_numpy() for c in ("doc_id", "tok_pos", "token_id"))
+    breaks = np.flatnonzero((doc[1:] != doc[:-1]) | (pos[1:] != pos[:-1] + 1)) + 1
+    step = seq_len - 1
+    sequences: list[list[int]] = []
+    for run in np.split(tok, breaks):
+        for start in range(0, len(run) - step + 1, step):
+            sequences.append([bos] + run[start : start + step].tolist())
+            if len(sequences) == max_sequences:
+                return torch.tensor(sequences)
+    if not sequences:
+        raise MechdemoError(f"shard {shard} of {dataset.path} has no run of {step} consecutive tokens; use a smaller seq_len")
+    return torch.tensor(sequences)
+
+
+@torch.no_grad()
+def spliced_loss(
+    sae: "SAE | TrainingSAE", model: "TransformerBridge", tokens: Int[Tensor, "batch pos"], layer: int,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Next-token loss with the SAE's reconstruction spliced in place of the MLP output of ``layer``.
+
+    Uses SAELens's ``get_recons_loss`` (clean, spliced and zero-ablated forward passes, per token) and
+    averages over every predicted token except the BOS position's: ``ce_clean``, ``ce_spliced``,
+    ``ce_zero_ablation``, ``delta_ce = ce_spliced - ce_clean``, ``ce_tokens`` (predictions averaged) and ``loss_recovered =
+    (ce_zero - ce_spliced) / (ce_zero - ce_clean)`` (1 = the SAE loses nothing, 0 = as bad as deleting
+    the MLP's output).
+    """
+    from sae_lens.evals import get_recons_loss
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from mechdemo.activations import check_layer
+
+    check_layer(model, layer)
+    sums = {"ce_loss_without_sae": 0.0, "ce_loss_with_sae": 0.0, "ce_loss_with_ablation": 0.0}
+    count = 0
+    for start in range(0, len(tokens), batch_size):
+        batch = tokens[start : start + batch_size].to(model.cfg.device)
+        out = get_recons_loss(sae, model, ActivationScaler(), batch, compute_kl=False, compute_ce_loss=True,
+                              hook_name=mlp_hook_name(layer))
+        for key in sums:
+            sums[key] += float(out[key].float().sum())
+        count += out["ce_loss_without_sae"].numel()
+    clean, spliced, zero = (sums[k] / count for k in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation"))
+    return {
+        "ce_clean": clean, "ce_spliced": spliced, "ce_zero_ablation": zero, "delta_ce": spliced - clean,
+        "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan"),
+        "ce_tokens": count,
+    }
+
+
+def evaluate_sae(
+    sae: "SAE | TrainingSAE", dataset: ActivationDataset, model: "TransformerBridge | None" = None,
+    max_tokens: int = 50_000, n_sequences: int = 32,
+) -> dict[str, Any]:
+    """Every metric on the held-out shard: reconstruction metrics, and with ``model`` the spliced loss."""
+    from mechdemo.tokens import bos_token_id
+
+    _, (heldout,) = split_shards(dataset)
+    x = from_uint16(dataset.shard_bits(heldout)[:max_tokens]).float()
+    metrics = reconstruction_metrics(sae, x)
+    if model is not None:
+        layer = dataset.manifest["config"]["layer"]
+        tokens = heldout_sequences(dataset, heldout, dataset.manifest["config"]["seq_len"], bos_token_id(model),
+                                   n_sequences)
+        metrics.update(spliced_loss(sae, model, tokens, layer))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# What features mean
+
+
+@torch.no_grad()
+def top_activations(
+    sae: "SAE | TrainingSAE", x: Float[Tensor, "n d_in"], k: int = 8, batch_size: int = 4096
+) -> tuple[Float[Tensor, "d_sae k"], Int[Tensor, "d_sae k"], Int[Tensor, " d_sae"]]:
+    """For every feature: its ``k`` largest activations on ``x``, their row indices, and how often it fires."""
+    d_sae = sae.cfg.d_sae
+    best_v = torch.full((d_sae, k), -1.0)
+    best_i = torch.zeros((d_sae, k), dtype=torch.long)
+    fired = torch.zeros(d_sae, dtype=torch.long)
+    for start in range(0, len(x), batch_size):
+        feats = sae.encode(x[start : start + batch_size])  # [b, d_sae]
+        fired += (feats > 0).sum(0)
+        v, i = feats.T.topk(min(k, feats.shape[0]), dim=1)  # [d_sae, k']
+        both_v, both_i = torch.cat([best_v, v], 1), torch.cat([best_i, i + start], 1)
+        order = both_v.topk(k, dim=1).indices
+        best_v, best_i = both_v.gather(1, order), both_i.gather(1, order)
+    return best_v, best_i, fired
+
+
+def promoted_tokens(
+    sae: "SAE | TrainingSAE", model: "TransformerBridge", features: Sequence[int], k: int = 6
+) -> list[list[tuple[str, float]]]:
+    """Each feature's direct effect on the logits: ``(W_dec[f] ⊙ γ_final) · W_U``, top ``k`` tokens.
+
+    The decoder direction is what the feature adds to the residual stream; scaling by the final
+    norm's weight and projecting on the unembedding gives the tokens it pushes up directly (ignoring
+    later layers and the norm's division, as in Anthropic's feature pages).
+    """
+    gamma = model.ln_final.original_component.weight.detach().float().cpu()
+    W_U = model.W_U.detach().float().cpu()
+    W_dec = sae.W_dec.detach().float().cpu()
+    logits = (W_dec[list(features)] * gamma) @ W_U  # [f, vocab]
+    values, ids = logits.topk(k, dim=1)
+    return [[(model.tokenizer.decode([int(t)]), float(v)) for t, v in zip(row_ids, row_v)]
+            for row_ids, row_v in zip(ids, values)]
+
+
+def token_contexts(
+    dataset: ActivationDataset, shard: int, rows: Sequence[int], tokenizer, before: int = 12, after: int = 3,
+) -> list[dict]:
+    """The text around each ``rows`` entry of ``shard``: ``{"before", "token", "after"}`` strings."""
+    table = dataset.table(shard)
+    doc, pos, tok = (table.column(c).to_numpy() for c in ("doc_id", "tok_pos", "token_id"))
+    contexts = []
+    for row in rows:
+        lo, hi = max(0, row - before), min(len(tok), row + after + 1)
+        window = np.arange(lo, hi)
+        same = (doc[window] == doc[row]) & (np.abs(pos[window] - pos[row]) <= max(before, after))
+        window = window[same]
+        contexts.append({
+            "before": tokenizer.decode(tok[window[window < row]].tolist()),
+            "token": tokenizer.decode([int(tok[row])]),
+            "after": tokenizer.decode(tok[window[window > row]].tolist()),
+        })
+    return contexts
