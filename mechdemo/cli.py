@@ -394,6 +394,83 @@ def _check_sae_args(args: argparse.Namespace) -> None:
         raise MechdemoError("mechdemo sae eval needs --sae DIR: a folder written by `mechdemo sae train`")
 
 
+# --- mechdemo anatomy ------------------------------------------------------------------------------
+
+
+def _run_anatomy(args: argparse.Namespace) -> int:
+    from mechdemo.anatomy import anatomy
+    from mechdemo.models import get_spec
+
+    spec = get_spec(args.model)
+    a = anatomy(spec.published_config())  # config only: no weights, no network
+    if args.json:
+        _print_json({"model": spec.name, **a})
+        return 0
+    print(f"{spec.display_name} ({spec.name})\n")
+    print(a["tree"])
+    print("\nparameters:")
+    for part, n in a["parameters"].items():
+        print(f"  {part:<20} {n:>15,}")
+    print("\nconfig:")
+    for row in a["config"]:
+        print(f"  {row['field']:<34} {str(row['value']):<24} {row['meaning']}")
+    return 0
+
+
+@command("anatomy", "module tree, parameters per component and every config field explained (config only, offline)",
+         _run_anatomy)
+def _configure_anatomy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model (default: the offline default)")
+    p.add_argument("--json", action="store_true")
+
+
+# --- mechdemo generate -----------------------------------------------------------------------------
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from mechdemo.generation import generate
+    from mechdemo.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    g = generate(model, args.prompt, args.strategy, args.max_new_tokens, use_cache=not args.no_cache,
+                 temperature=args.temperature, k=args.k, p=args.p, num_beams=args.num_beams, seed=args.seed)
+    decode = lambda ids: model.tokenizer.decode(ids)  # noqa: E731
+    text = decode(g.new_ids)
+    if args.json:
+        _print_json({
+            "model": model.cfg.model_name, "prompt": args.prompt, "strategy": args.strategy, "use_cache": not args.no_cache,
+            "text": text, "new_token_ids": g.new_ids, "forward_passes": g.forward_passes,
+            "steps": [[{"token": decode([t]), "id": t, "probability": round(q, 5)} for t, q in step] for step in g.steps],
+        })
+        return 0
+    print(args.prompt + text)
+    for i, step in enumerate(g.steps):
+        chosen = decode([g.new_ids[i]])
+        print(f"  {i + 1:>3} {chosen!r:<16} top-3: " + ", ".join(f"{decode([t])!r} {q:.1%}" for t, q in step),
+              file=sys.stderr)
+    print(f"{g.forward_passes} forward passes ({'no ' if args.no_cache else ''}KV cache)", file=sys.stderr)
+    return 0
+
+
+@command("generate", "generate text with a decoding strategy written by hand (greedy, sampling, top-k, top-p, beam)",
+         _run_generate)
+def _configure_generate(p: argparse.ArgumentParser) -> None:
+    from mechdemo.generation import STRATEGIES
+
+    p.add_argument("--model", default=None, help="model (default: the offline default)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
+    p.add_argument("--temperature", type=float, default=1.0, help="sample / top-k / top-p (default 1)")
+    p.add_argument("--k", type=int, default=50, help="top-k (default 50)")
+    p.add_argument("--p", type=float, default=0.9, help="top-p (default 0.9)")
+    p.add_argument("--num-beams", type=int, default=4, help="beam (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 
