@@ -180,10 +180,10 @@ def beam_search(
                     finished.append((score / generated, beams[beam, prompt_len:].tolist() + [token]))
             elif len(keep) < num_beams:
                 keep.append((beam, token, score))
-        order = torch.tensor([b for b, _, _ in keep])
-        beams = torch.cat([beams[order], torch.tensor([[t] for _, t, _ in keep])], dim=1)
+        order = torch.tensor([b for b, _, _ in keep], device=beams.device)
+        beams = torch.cat([beams[order], torch.tensor([[t] for _, t, _ in keep], device=beams.device)], dim=1)
         scores = torch.tensor([s for _, _, s in keep])
-        step.reorder(order.to(hf.device))
+        step.reorder(order)
         if len(finished) >= num_beams:
             break
     generated = beams.shape[1] - prompt_len

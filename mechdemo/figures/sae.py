@@ -111,8 +111,8 @@ def sae_tradeoff(ctx: FigureContext) -> FigureOutput:
 
 
 def pick_features(values: torch.Tensor, fired: torch.Tensor, n_tokens: int, n: int = 4) -> list[int]:
-    """``n`` features worth showing: fire on 0.1-3% of tokens, strongest top activations first,
-    at most one per most-frequent top token (so the picks are not four copies of one idea)."""
+    """``n`` features to show, by a fixed rule rather than by hand: among those that fire on 0.1-3% of
+    the held-out tokens (neither near-dead nor dense), the ``n`` with the strongest top activation."""
     freq = fired.float() / n_tokens
     candidates = torch.nonzero((freq > 1e-3) & (freq < 3e-2)).flatten()
     order = candidates[values[candidates, 0].argsort(descending=True)]
