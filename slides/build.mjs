@@ -1,6 +1,14 @@
-// Build every slides/deck.*.md to slides/dist/<name>.html and .pdf with marp-cli, offline.
-// The HTML build gets its own copy of the figures it shows (slides/dist/img/), so the dist folder
-// works on its own; the PDF embeds them. Chromium comes from the system (CHROME_PATH).
+// Build every slides/deck.<lang>.md to slides/dist/deck.<lang>.html and .pdf with marp-cli, offline.
+//
+// Before Marp sees a deck, three things happen to its source:
+//  1. Numbers: `{{figure.path|format}}` is replaced by a result that `make figures` wrote to
+//     img/manifest.json (e.g. `{{repeated_seq.mean_loss_second_half|.2f}}`), formatted for the
+//     deck's language. A missing figure or key stops the build, naming the deck and line.
+//  2. Figures: `../img/x.png` becomes `img/x.png` and the figure is copied to slides/dist/img/,
+//     so slides/dist works on its own (the HTML links to it, the PDF embeds it).
+//  3. Interactive figures (HTML build only): a figure whose manifest entry also lists an .html
+//     page (CircuitsVis) is shown as that page in an <iframe>; the PDF keeps the static PNG.
+// Chromium comes from the system (CHROME_PATH); marp-cli adds --no-sandbox itself as root.
 import { marpCli } from '@marp-team/marp-cli'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -10,26 +18,129 @@ const slides = path.dirname(fileURLToPath(import.meta.url))
 const root = path.dirname(slides)
 const dist = path.join(slides, 'dist')
 const theme = path.join(slides, 'theme.css')
-const decks = fs.readdirSync(slides).filter((f) => /^deck\..+\.md$/.test(f)).sort()
-if (decks.length === 0) throw new Error('no slides/deck.*.md found')
-fs.mkdirSync(path.join(dist, 'img'), { recursive: true })
+const manifestPath = path.join(root, 'img', 'manifest.json')
 
+const only = process.argv.slice(2) // e.g. `node slides/build.mjs es` builds deck.es.md only
+const decks = fs
+  .readdirSync(slides)
+  .filter((f) => /^deck\.[\w-]+\.md$/.test(f))
+  .filter((f) => only.length === 0 || only.includes(f.split('.')[1]))
+  .sort()
+if (decks.length === 0) throw new Error(`no slides/deck.*.md found${only.length ? ` for ${only}` : ''}`)
+if (!fs.existsSync(manifestPath)) throw new Error('img/manifest.json is missing: run `make figures`')
+const figures = JSON.parse(fs.readFileSync(manifestPath, 'utf8')).figures
+
+// ---- 1. numbers from the manifest ------------------------------------------------------------
+
+// `a.b[key=value].0.c[x.y]`: dotted keys, list indices, [key=value] to pick a list element,
+// and [x.y] for a key that contains dots.
+function lookup(expr) {
+  const parts = expr.match(/[^.[\]]+|\[[^\]]*\]/g) ?? []
+  const [name, ...rest] = parts
+  const entry = figures[name]
+  if (!entry) throw new Error(`no figure "${name}" in img/manifest.json`)
+  // Keys are looked up in the figure's results first, then in the entry itself (model, seed ...).
+  let value = rest.length && rest[0] in (entry.results ?? {}) ? entry.results : entry
+  for (const part of rest) {
+    if (part.startsWith('[') && !part.includes('=')) {
+      value = value?.[part.slice(1, -1)] // [a.b]: a key that contains dots
+    } else if (part.startsWith('[')) {
+      const [k, ...v] = part.slice(1, -1).split('=')
+      if (!Array.isArray(value)) throw new Error(`"${expr}": [${k}=...] needs a list`)
+      value = value.find((el) => el != null && String(el[k]) === v.join('='))
+    } else {
+      value = value?.[part]
+    }
+    if (value === undefined) throw new Error(`"${expr}": no "${part}" in the results of figure "${name}"`)
+  }
+  return value
+}
+
+// Formats: none (as is), `.Nf` (N decimals), `%N` (percent with N decimals), `int` (rounded).
+function format(value, spec, locale) {
+  if (typeof value !== 'number') {
+    if (spec) throw new Error(`format "${spec}" needs a number, got ${JSON.stringify(value)}`)
+    return String(value)
+  }
+  const nf = (opts) => new Intl.NumberFormat(locale, opts).format
+  if (!spec) return nf({ maximumFractionDigits: 6 })(value)
+  let m
+  if ((m = spec.match(/^\.(\d)f$/))) return nf({ minimumFractionDigits: +m[1], maximumFractionDigits: +m[1] })(value)
+  if ((m = spec.match(/^%(\d)$/))) return nf({ style: 'percent', minimumFractionDigits: +m[1], maximumFractionDigits: +m[1] })(value)
+  if (spec === 'int') return nf({ maximumFractionDigits: 0 })(value)
+  throw new Error(`unknown format "${spec}" (use .Nf, %N or int)`)
+}
+
+function resolveNumbers(source, deck, locale) {
+  return source
+    .split('\n')
+    .map((line, i) =>
+      line.replace(/\{\{\s*([^}|]+?)\s*(?:\|\s*([^}]+?)\s*)?\}\}/g, (_, expr, spec) => {
+        try {
+          return format(lookup(expr), spec, locale)
+        } catch (err) {
+          throw new Error(`${deck}:${i + 1}: ${err.message}`)
+        }
+      }),
+    )
+    .join('\n')
+}
+
+// ---- 2. and 3. figures -----------------------------------------------------------------------
+
+const interactive = new Map() // x.png -> x.html when the same figure also wrote x.html
+for (const entry of Object.values(figures)) {
+  const pages = entry.files.filter((f) => f.endsWith('.html'))
+  for (const png of entry.files.filter((f) => f.endsWith('.png'))) {
+    const page = pages.find((p) => p.replace(/\.html$/, '') === png.replace(/\.png$/, ''))
+    if (page) interactive.set(png, page)
+  }
+}
+
+function copyFigure(file, deck) {
+  const from = path.join(root, 'img', file)
+  if (!fs.existsSync(from)) throw new Error(`${deck}: img/${file} does not exist: run \`make figures\``)
+  fs.copyFileSync(from, path.join(dist, 'img', file))
+}
+
+function forHtml(source) {
+  return source.replace(/!\[[^\]]*\]\(img\/([\w.-]+\.png)\)/g, (image, png) => {
+    const page = interactive.get(png)
+    if (!page) return image
+    return `<iframe class="interactive" src="img/${page}" title="${page}"></iframe>`
+  })
+}
+
+// ---- build -----------------------------------------------------------------------------------
+
+fs.mkdirSync(path.join(dist, 'img'), { recursive: true })
 for (const deck of decks) {
-  const input = path.join(slides, deck)
   const name = deck.replace(/\.md$/, '')
-  const common = [input, '--theme-set', theme, '--allow-local-files', '--html']
-  for (const [format, extra] of [['html', []], ['pdf', ['--pdf']]]) {
-    const out = path.join(dist, `${name}.${format}`)
-    const code = await marpCli([...common, ...extra, '-o', out])
-    if (code !== 0) process.exit(code)
+  const locale = name.split('.')[1]
+  const source = resolveNumbers(fs.readFileSync(path.join(slides, deck), 'utf8'), deck, locale)
+  const resolved = source.replaceAll('../img/', 'img/')
+  for (const [, file] of resolved.matchAll(/img\/([\w.-]+\.(?:png|html))/g)) copyFigure(file, deck)
+  const html = forHtml(resolved)
+  for (const [, page] of html.matchAll(/src="img\/([\w.-]+\.html)"/g)) copyFigure(page, deck)
+
+  // The PDF build reads the resolved source (kept in dist/ for inspection), the HTML build its
+  // interactive variant; both sit in dist/ so that img/ resolves next to them.
+  const pdfSource = path.join(dist, `${name}.md`)
+  const htmlSource = path.join(dist, `.${name}.html.md`)
+  fs.writeFileSync(pdfSource, resolved)
+  fs.writeFileSync(htmlSource, html)
+  const common = ['--theme-set', theme, '--allow-local-files', '--html']
+  const runs = [
+    [htmlSource, ['-o', path.join(dist, `${name}.html`)]],
+    [pdfSource, ['--pdf', '--pdf-notes', '-o', path.join(dist, `${name}.pdf`)]],
+  ]
+  try {
+    for (const [input, extra] of runs) {
+      const code = await marpCli([input, ...common, ...extra])
+      if (code !== 0) process.exit(code)
+    }
+  } finally {
+    fs.rmSync(htmlSource, { force: true })
   }
-  // Figures: ../img/x.png in the source is img/x.png next to the built HTML.
-  const htmlPath = path.join(dist, `${name}.html`)
-  const html = fs.readFileSync(htmlPath, 'utf8')
-  for (const [, file] of html.matchAll(/\.\.\/img\/([\w.\-/]+)/g)) {
-    fs.mkdirSync(path.dirname(path.join(dist, 'img', file)), { recursive: true })
-    fs.copyFileSync(path.join(root, 'img', file), path.join(dist, 'img', file))
-  }
-  fs.writeFileSync(htmlPath, html.replaceAll('../img/', 'img/'))
 }
 console.log(`built ${decks.length} deck(s) into ${path.relative(root, dist)}/`)
