@@ -1,0 +1,254 @@
+"""The lecture deck: its sources (every slide has speaker notes, every figure is a registered one
+and names its model, the English and Spanish decks match slide for slide, numbers come from the
+manifest or a citation) and its build (HTML and PDF offline with marp-cli and Chromium, one PDF
+page per slide, no remote resource, a rendered figure slide shows its figure)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SLIDES = ROOT / "slides"
+DIST = SLIDES / "dist"
+IMG = ROOT / "img"
+DECKS = sorted(SLIDES.glob("deck.*.md"))
+MANIFEST = json.loads((IMG / "manifest.json").read_text(encoding="utf-8"))["figures"]
+CHROMIUM = os.environ.get("CHROME_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+DIRECTIVE = re.compile(r"^\s*_?(class|paginate|footer|header|backgroundColor|color)\s*:")
+COMMENT = re.compile(r"<!--(.*?)-->", re.S)
+IMAGE = re.compile(r"!\[[^\]]*\]\(\.\./img/([\w.-]+)\)")
+PLACEHOLDER = re.compile(r"\{\{[^}]*\}\}")
+
+
+def split_slides(text: str) -> tuple[str, list[str]]:
+    """(front matter, slides) of a Marp deck: slides are separated by lines holding only ``---``."""
+    assert text.startswith("---\n")
+    front, body = text[4:].split("\n---\n", 1)
+    return front, re.split(r"\n---\n", body)
+
+
+def notes(slide: str) -> list[str]:
+    """Speaker notes: the HTML comments that are not Marp directives."""
+    return [c.strip() for c in COMMENT.findall(slide) if not DIRECTIVE.match(c)]
+
+
+def directives(slide: str) -> list[str]:
+    return [c.strip() for c in COMMENT.findall(slide) if DIRECTIVE.match(c)]
+
+
+def require_tools():
+    missing = [name for name, ok in [("node", shutil.which("node")), ("npm", shutil.which("npm")),
+                                     ("chromium", CHROMIUM)] if not ok]
+    if missing:
+        if os.environ.get("MECHDEMO_REQUIRE_CHROMIUM"):
+            pytest.fail(f"{', '.join(missing)} required here (MECHDEMO_REQUIRE_CHROMIUM is set) but not found")
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install chromium nodejs npm)")
+
+
+# ---- sources ---------------------------------------------------------------------------------
+
+
+def test_both_languages_exist():
+    assert {d.name for d in DECKS} >= {"deck.es.md", "deck.en.md"}
+
+
+@pytest.mark.parametrize("deck", DECKS, ids=lambda p: p.name)
+def test_every_slide_has_speaker_notes(deck):
+    _, slides = split_slides(deck.read_text(encoding="utf-8"))
+    missing = [i + 1 for i, s in enumerate(slides) if not any(len(n) > 20 for n in notes(s))]
+    assert not missing, f"{deck.name}: slides without speaker notes (<!-- ... -->): {missing}"
+
+
+@pytest.mark.parametrize("deck", DECKS, ids=lambda p: p.name)
+def test_every_figure_is_registered_and_its_caption_names_the_model(deck):
+    import mechdemo.figures  # noqa: F401  (registers every figure)
+    from mechdemo.figures.registry import FIGURES
+    from mechdemo.models import get_spec
+
+    _, slides = split_slides(deck.read_text(encoding="utf-8"))
+    shown = 0
+    for i, slide in enumerate(slides, 1):
+        for file in IMAGE.findall(slide):
+            shown += 1
+            assert (IMG / file).is_file(), f"{deck.name} slide {i}: img/{file} does not exist"
+            owner = [name for name, entry in MANIFEST.items() if file in entry["files"]]
+            assert owner and owner[0] in FIGURES and file in FIGURES[owner[0]].outputs, (
+                f"{deck.name} slide {i}: img/{file} is not written by a registered figure")
+            model = MANIFEST[owner[0]]["model"]
+            caption = re.search(r'<div class="caption">(.*?)</div>', slide, re.S)
+            assert caption, f"{deck.name} slide {i}: figure without a caption"
+            expected = get_spec(model).display_name if model else "toy model"
+            assert expected.lower() in caption.group(1).lower(), (
+                f"{deck.name} slide {i}: the caption of img/{file} must name {expected!r}, "
+                f"the model it was computed on (img/manifest.json)")
+    assert shown >= 15
+
+
+def test_english_and_spanish_decks_match_slide_for_slide():
+    def shape(deck: str):
+        front, slides = split_slides((SLIDES / deck).read_text(encoding="utf-8"))
+        keys = sorted(re.findall(r"^(\w+):", front, re.M))
+        return keys, [(IMAGE.findall(s), directives(s), Counter(PLACEHOLDER.findall(s)),
+                       s.count("$$"), len(re.findall(r"^```", s, re.M))) for s in slides]
+
+    es_keys, es = shape("deck.es.md")
+    en_keys, en = shape("deck.en.md")
+    assert es_keys == en_keys
+    assert len(es) == len(en), f"{len(es)} Spanish slides, {len(en)} English slides"
+    for i, (a, b) in enumerate(zip(es, en), 1):
+        assert a == b, f"slide {i} differs between the decks (images, directives, numbers, math, code): {a} vs {b}"
+
+
+# Numbers on slides: computed ones are {{placeholders}} filled in from img/manifest.json at build
+# time; any other decimal or percentage must sit in a sentence that cites its source. These few
+# are not results: names and versions, the settings of a measurement, and the definitions of our
+# own metrics.
+NOT_RESULTS = [
+    r"Llama[ -]3\.2", r"ARENA[ _]3\.0", r"(versión|version) 3\.9",  # names, versions
+    r"1[.,]000 tokens",  # the sequence length a KV-cache size is given for
+    r"> ?10 ?%", r"0[,.]1 ?% (y|and) 3 ?%",  # dense-feature threshold, feature-picking rule
+]
+CITATION = re.compile(r"et al\.|\((?:19|20)\d\d\)|(?:19|20)\d\d\b")
+
+
+@pytest.mark.parametrize("deck", DECKS, ids=lambda p: p.name)
+def test_numbers_are_computed_or_cited(deck):
+    text = deck.read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)  # code
+    text = re.sub(r"\$\$.*?\$\$|\$[^$\n]+\$|`[^`\n]*`", " ", text, flags=re.S)  # math, inline code
+    text = PLACEHOLDER.sub("N", text)
+    for pattern in NOT_RESULTS:
+        text = re.sub(pattern, " ", text)
+    uncited = []
+    for sentence in re.split(r"(?<=[.;:!?])\s+|\n", text):
+        numbers = re.findall(r"\d+[.,]\d+|\d+ ?%", sentence)
+        if numbers and not CITATION.search(sentence):
+            uncited.append((numbers, sentence.strip()[:120]))
+    assert not uncited, f"{deck.name}: numbers neither computed ({{{{figure.key}}}}) nor cited: {uncited}"
+
+
+# ---- build -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def built():
+    """``make slides``: both decks to slides/dist/*.html and *.pdf, offline."""
+    require_tools()
+    env = {**os.environ, "CHROME_PATH": CHROMIUM, "PUPPETEER_SKIP_DOWNLOAD": "1"}
+    if not (ROOT / "node_modules" / "@marp-team" / "marp-cli").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=ROOT, env=env, check=True,
+                       capture_output=True, timeout=600)
+    proc = subprocess.run(["node", "slides/build.mjs"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return env
+
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_pdf_has_one_page_per_slide(built, lang):
+    from pypdf import PdfReader
+
+    _, slides = split_slides((SLIDES / f"deck.{lang}.md").read_text(encoding="utf-8"))
+    assert len(PdfReader(DIST / f"deck.{lang}.pdf").pages) == len(slides)
+    html = (DIST / f"deck.{lang}.html").read_text(encoding="utf-8")
+    assert len(re.findall(r"<svg[^>]*data-marpit-svg", html)) == len(slides)
+
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_built_html_needs_no_network(built, lang):
+    html = (DIST / f"deck.{lang}.html").read_text(encoding="utf-8")
+    resources = re.findall(r"""(?:src|srcset|poster|data)\s*=\s*["']([^"']+)""", html)
+    resources += re.findall(r"""<link\b[^>]*\bhref\s*=\s*["']([^"']+)""", html)
+    resources += re.findall(r"""url\(\s*["']?([^"')]+)""", html)
+    resources += re.findall(r"""@import\s+(?:url\()?\s*["']?([^"');\s]+)""", html)
+    remote = [r for r in resources if re.match(r"(https?:)?//", r)]
+    assert not remote, f"the built deck loads remote resources: {remote[:5]}"
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html)  # scripts are inline
+    assert "mjx-container" in html or "<svg" in html  # math was rendered at build time
+    local = [r for r in resources if not r.startswith(("data:", "#", "about:"))]
+    assert local, "no figures in the built deck"
+    for r in local:
+        assert (DIST / r).is_file(), f"deck.{lang}.html refers to {r}, missing from slides/dist/"
+
+
+def test_html_build_embeds_the_interactive_attention_page(built):
+    html = (DIST / "deck.es.html").read_text(encoding="utf-8")
+    assert re.search(r'<iframe[^>]*src="img/attention_pattern\.html"', html)
+    assert "img/attention_pattern.png" not in html  # the HTML shows the page, not the picture
+    page = (DIST / "img" / "attention_pattern.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", page)
+    pdf_source = (DIST / "deck.es.md").read_text(encoding="utf-8")
+    assert "img/attention_pattern.png" in pdf_source and "<iframe" not in pdf_source
+
+
+def test_numbers_are_filled_in_from_the_manifest(built):
+    es = (DIST / "deck.es.md").read_text(encoding="utf-8")
+    en = (DIST / "deck.en.md").read_text(encoding="utf-8")
+    assert "{{" not in es and "{{" not in en
+    loss = MANIFEST["repeated_seq"]["results"]["mean_loss_second_half"]
+    assert f"{loss:.2f}".replace(".", ",") in es  # Spanish decimal comma
+    assert f"{loss:.2f}" in en
+
+
+def test_a_rendered_figure_slide_shows_its_figure(built, tmp_path):
+    """Render the DLA slide of the built deck to PNG: it is not blank, and the figure is in it
+    (normalised cross-correlation of the slide with the figure, searched over scale and offset)."""
+    from PIL import Image
+
+    front, slides = split_slides((DIST / "deck.es.md").read_text(encoding="utf-8"))
+    slide = next(s for s in slides if "img/dla.png" in s)
+    one = DIST / ".one-slide.md"
+    one.write_text(f"---\n{front}\n---\n{slide}", encoding="utf-8")
+    out = tmp_path / "slide.png"
+    try:
+        proc = subprocess.run(
+            ["npx", "--no-install", "marp", str(one), "--theme-set", str(SLIDES / "theme.css"),
+             "--allow-local-files", "--html", "--image", "png", "-o", str(out)],
+            cwd=ROOT, env=built, capture_output=True, text=True, timeout=300)
+    finally:
+        one.unlink(missing_ok=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shot = np.asarray(Image.open(out).convert("L"), dtype=np.float32) / 255
+    assert shot.shape == (720, 1280)
+    assert shot.std() > 0.1 and (shot < 0.5).mean() > 0.01, "the rendered slide is blank"
+
+    image = Image.open(out).convert("L")
+    shown = best_match(image, Image.open(IMG / "dla.png").convert("L"))
+    other = best_match(image, Image.open(IMG / "kv_cache.png").convert("L"))
+    assert shown > 0.85, f"the figure is not visible in the rendered slide (best correlation {shown:.2f})"
+    assert other < shown - 0.15, f"another figure matches about as well ({other:.2f} vs {shown:.2f})"
+
+
+def best_match(shot, figure, factor: int = 8) -> float:
+    """Best normalised cross-correlation of ``figure`` placed anywhere in ``shot``, at any width
+    of at least half the slide (a figure slide's figure is large), compared at 1/``factor`` of
+    the resolution, both slightly blurred so that anti-aliasing does not count."""
+    from PIL import Image, ImageFilter
+
+    def prepare(image, size):
+        return np.asarray(image.resize(size, Image.BOX).filter(ImageFilter.GaussianBlur(1)), dtype=np.float32)
+
+    def standardise(a):
+        return (a - a.mean()) / (a.std() + 1e-6)
+
+    small = prepare(shot, (shot.width // factor, shot.height // factor))
+    best = -1.0
+    for width in range(small.shape[1] // 2, small.shape[1] + 1, 2):
+        height = round(figure.height * width / figure.width)
+        if height > small.shape[0]:
+            continue
+        t = standardise(prepare(figure, (width, height)))
+        for y in range(small.shape[0] - height + 1):
+            for x in range(small.shape[1] - width + 1):
+                best = max(best, float((standardise(small[y:y + height, x:x + width]) * t).mean()))
+    return best
