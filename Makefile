@@ -16,13 +16,14 @@ STAMP      := $(VENV)/.mechdemo-installed
 CHROME_PATH ?= $(shell command -v chromium || command -v chromium-browser || command -v google-chrome || true)
 export CHROME_PATH
 
-.PHONY: help setup constraints figures test slides demos bench clean distclean
+.PHONY: help setup constraints figures test slides demos demo-notebooks bench clean distclean
 
 help:
 	@echo "make figures   regenerate img/ on the offline default model (bootstraps .venv)"
 	@echo "make test      run the test suite (bootstraps .venv)"
 	@echo "make slides    build slides/dist/*.html and *.pdf with marp-cli"
 	@echo "make demos     execute demos/*.py headless into demos/executed/"
+	@echo "make demo-notebooks  regenerate demos/*.ipynb (no outputs) from demos/*.py"
 	@echo "make bench     run benchmarks/*.py and print their ratios"
 	@echo "make clean     remove build outputs (distclean also removes .venv and node_modules)"
 
@@ -65,9 +66,16 @@ slides: node_modules/.package-lock.json
 demos: $(STAMP)
 	@mkdir -p demos/executed; n=0; \
 	for f in demos/[0-9][0-9]_*.py; do \
-	  [ -e "$$f" ] || continue; n=$$((n+1)); echo "== $$f"; \
-	  $(VENV)/bin/jupytext --to ipynb --execute --output demos/executed/$$(basename $$f .py).ipynb $$f || exit 1; \
+	  [ -e "$$f" ] || continue; n=$$((n+1)); echo "== $$f"; start=$$(date +%s); \
+	  out=demos/executed/$$(basename $$f .py).ipynb; \
+	  $(VENV)/bin/jupytext --quiet --to ipynb --output $$out $$f && $(VENV)/bin/jupyter-execute --inplace $$out || exit 1; \
+	  echo "   $$(( $$(date +%s) - start )) s"; \
 	done; [ $$n -gt 0 ] || echo "no demos yet (demos/NN_name.py)"
+
+# The committed notebooks (for Jupyter and Colab) are generated from the .py sources, without
+# outputs; --update keeps the cell ids of an existing notebook, so diffs show only real changes.
+demo-notebooks: $(STAMP)
+	$(VENV)/bin/jupytext --update --to ipynb demos/[0-9][0-9]_*.py
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
