@@ -42,8 +42,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from mechdemo.corpus import OFFLINE_CORPUS
 from mechdemo.datasets import ActivationDataset, ExtractConfig, extract, from_uint16
 from mechdemo.figures.sae import pick_features
