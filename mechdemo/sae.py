@@ -299,13 +299,19 @@ def spliced_loss(
     check_layer(model, layer)
     sums = {"ce_loss_without_sae": 0.0, "ce_loss_with_sae": 0.0, "ce_loss_with_ablation": 0.0}
     count = 0
-    for start in range(0, len(tokens), batch_size):
-        batch = tokens[start : start + batch_size].to(model.cfg.device)
-        out = get_recons_loss(sae, model, ActivationScaler(), batch, compute_kl=False, compute_ce_loss=True,
-                              hook_name=mlp_hook_name(layer))
-        for key in sums:
-            sums[key] += float(out[key].float().sum())
-        count += out["ce_loss_without_sae"].numel()
+    # The SAE is trained on CPU; on a CUDA/MPS model it runs beside the model, then goes back.
+    sae_device = sae.W_dec.device
+    sae.to(model.cfg.device)
+    try:
+        for start in range(0, len(tokens), batch_size):
+            batch = tokens[start : start + batch_size].to(model.cfg.device)
+            out = get_recons_loss(sae, model, ActivationScaler(), batch, compute_kl=False, compute_ce_loss=True,
+                                  hook_name=mlp_hook_name(layer))
+            for key in sums:
+                sums[key] += float(out[key].float().sum())
+            count += out["ce_loss_without_sae"].numel()
+    finally:
+        sae.to(sae_device)
     clean, spliced, zero = (sums[k] / count for k in ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation"))
     return {
         "ce_clean": clean, "ce_spliced": spliced, "ce_zero_ablation": zero, "delta_ce": spliced - clean,
