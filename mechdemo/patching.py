@@ -190,9 +190,9 @@ def _run_copies(
     return torch.cat(scores)
 
 
-def _suffix(run: PatchingRun, name: str) -> Tensor:
-    """The clean activation at ``name`` on the positions the patched runs compute."""
-    act = run.clean[name]
+def suffix_activation(run: PatchingRun, name: str, which: str = "clean") -> Tensor:
+    """The ``clean`` (or ``corrupted``) activation at ``name`` on the positions the patched runs compute."""
+    act = (run.clean if which == "clean" else run.corrupted)[name]
     if run.prefix == 0:
         return act
     if name.endswith("hook_pattern"):  # [n, head, query, key]: queries from the prefix on, all keys
@@ -211,7 +211,7 @@ def patch_resid_pre(run: PatchingRun, progress: bool = False) -> Float[Tensor, "
     """Patch the residual stream entering each layer at each position."""
     out = torch.zeros(run.model.cfg.n_layers, run.n_pos)  # prefix positions: clean = corrupted, score 0
     for layer in _layers(run, progress, "resid_pre"):
-        clean = _suffix(run, f"blocks.{layer}.hook_resid_pre")
+        clean = suffix_activation(run, f"blocks.{layer}.hook_resid_pre")
 
         def patch(act, i, clean=clean):
             act[:, i] = clean[:, i]
@@ -224,7 +224,7 @@ def _patch_whole(run: PatchingRun, suffix: str, progress: bool) -> Float[Tensor,
     out = torch.zeros(run.model.cfg.n_layers)
     for layer in _layers(run, progress, suffix):
         name = f"blocks.{layer}.{suffix}"
-        clean = _suffix(run, name)
+        clean = suffix_activation(run, name)
 
         def patch(act, i, clean=clean):
             act[:] = clean
@@ -253,7 +253,7 @@ def patch_heads(run: PatchingRun, activation: str = "z", progress: bool = False)
     out = torch.zeros(run.model.cfg.n_layers, n_cols)
     for layer in _layers(run, progress, f"heads {activation}"):
         name = f"blocks.{layer}.{suffix}"
-        clean = _suffix(run, name)
+        clean = suffix_activation(run, name)
 
         def patch(act, i, clean=clean, axis=axis):
             index = (slice(None),) * axis + (i,)
@@ -269,7 +269,7 @@ def patch_heads_by_position(run: PatchingRun, progress: bool = False) -> Float[T
     out = torch.zeros(run.model.cfg.n_layers, run.n_pos, n_heads)  # prefix positions: score 0
     for layer in _layers(run, progress, "heads by position"):
         name = f"blocks.{layer}.attn.hook_z"
-        clean = _suffix(run, name)
+        clean = suffix_activation(run, name)
 
         def patch(act, i, clean=clean):
             pos, head = divmod(i, n_heads)

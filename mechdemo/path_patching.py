@@ -18,10 +18,19 @@ Scores use the same scale as activation patching: 1 = the clean logit difference
 not matter), 0 = the corrupted one; a path that carries the answer scores well below 1.
 An empty set of senders changes nothing and scores exactly 1 (the tests check it).
 
-Batching as in :mod:`mechdemo.patching`: each copy of the batch carries one sender set, runs
-start at the earliest layer that changes, and positions before the first clean/corrupted
-difference are reused. Receivers ``k``/``v`` of grouped-query models act on the shared key/value
-head, i.e. on every query head of its group.
+**Step 2 needs no attention.** With every head frozen, each attention layer's output is its clean
+output plus, in the layer of a sender, ``(z_corrupted - z_clean) @ W_O`` of that head: nothing
+moves between positions, and only the MLPs recompute. So step 2 runs ``ln2`` and the MLP of each
+block and skips attention (a third of a block's work here, and its hooks); when the receivers are the logits it runs the answer position alone, since no other
+position can reach it. Copies whose senders sit in later layers stay on the cached clean residual
+stream until their first sender's layer. The result is the same as the three-run recipe with
+frozen-head hooks (the tests check it against that naive implementation, one hooked forward pass
+per sender set, for GPT-2 and Llama architectures).
+
+Step 3 runs whole blocks, batched as in :mod:`mechdemo.patching`: each copy of the batch carries
+one sender set, runs start at the first receiver's layer, and positions before the first
+clean/corrupted difference are reused. Receivers ``k``/``v`` of grouped-query models act on the
+shared key/value head, i.e. on every query head of its group.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from tqdm.auto import tqdm
 
 from mechdemo.circuits import kv_head
 from mechdemo.forward import logit_diff_from_resid, run_blocks
-from mechdemo.patching import MAX_TOKENS_PER_FORWARD, PatchingRun, _suffix
+from mechdemo.patching import MAX_TOKENS_PER_FORWARD, PatchingRun, suffix_activation
 
 Head = tuple[int, int]
 Receiver = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
@@ -59,44 +68,66 @@ def _check(run: PatchingRun, senders: Sequence[Sequence[Head]], receivers: Recei
             raise ValueError(f"receiver input must be q, k or v, not {kind!r}")
 
 
-def _freeze_hooks(run: PatchingRun, senders: Sequence[Sequence[Head]], start: int, stop: int, copies: int):
-    """Hooks for step 2: every head's z clean, each copy's senders corrupted."""
+def _frozen_run(
+    run: PatchingRun, senders: list, stop: int, positions: slice, record_at: Sequence[int] = ()
+) -> tuple[Tensor, dict[int, Tensor]]:
+    """Step 2: the clean run with every head frozen and each copy's senders corrupted.
+
+    Returns the residual stream entering layer ``stop`` for every copy ([copies * n, pos, d_model],
+    on ``positions`` of the suffix the patched runs compute), and the one entering each layer of
+    ``record_at``.
+    """
+    model = run.model
+    copies = len(senders)
+    first = torch.tensor([min((l for l, _ in g), default=stop) for g in senders])  # first sender layer of each copy
     by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)  # layer -> (copy, head)
     for c, group in enumerate(senders):
         for layer, head in group:
             by_layer[layer].append((c, head))
-    hooks = []
-    for layer in range(start, stop):
-        name = f"blocks.{layer}.attn.hook_z"
-        clean, corrupted = _suffix_of(run.clean, run, name), _suffix_of(run.corrupted, run, name)
+    W_O = model.W_O  # [n_layers, n_heads, d_head, d_model]
 
-        def hook(act, hook, clean=clean, corrupted=corrupted, patches=by_layer.get(layer, [])):
-            view = act.view(copies, run.n, *act.shape[1:])
-            view[:] = clean
-            for c, head in patches:
-                view[c, :, :, head] = corrupted[:, :, head]
-            return act
+    def clean_resid(layer: int) -> Tensor:
+        name = f"blocks.{layer}.hook_resid_pre" if layer < model.cfg.n_layers else "ln_final.hook_in"
+        return suffix_activation(run, name)[:, positions]
 
-        hooks.append((name, hook))
-    return hooks
-
-
-def _suffix_of(store: dict, run: PatchingRun, name: str) -> Tensor:
-    act = store[name]
-    return act[:, run.prefix :] if run.prefix else act
+    start = int(first.min())
+    resid = clean_resid(start).repeat(copies, 1, 1)
+    recorded = {}
+    for layer in range(start, stop + 1):
+        view = resid.view(copies, run.n, *resid.shape[1:])
+        # copies whose first sender is in this layer or later are still exactly on the clean run
+        view[first >= layer] = clean_resid(layer)
+        if layer in record_at:
+            recorded[layer] = resid.clone()
+        if layer == stop:
+            break
+        active = (first <= layer).nonzero().flatten()
+        mid = view[active] + suffix_activation(run, f"blocks.{layer}.hook_attn_out")[:, positions]
+        if layer in by_layer:
+            z_clean = suffix_activation(run, f"blocks.{layer}.attn.hook_z")[:, positions]
+            z_corr = suffix_activation(run, f"blocks.{layer}.attn.hook_z", "corrupted")[:, positions]
+            row = {int(c): i for i, c in enumerate(active)}
+            for c, head in by_layer[layer]:
+                delta = torch.einsum("npd,dm->npm", z_corr[:, :, head] - z_clean[:, :, head], W_O[layer, head])
+                mid[row[c]] += delta.to(mid.dtype)
+        block = model.blocks[layer]
+        view[active] = mid + block.mlp(block.ln2(mid.flatten(0, 1))).view_as(mid)
+    return resid, recorded
 
 
 def path_patch(
-    run: PatchingRun, senders: Sequence[Sequence[Head]], receivers: Receivers
+    run: PatchingRun, senders: Sequence[Sequence[Head]], receivers: Receivers, progress: bool = False
 ) -> Float[Tensor, " n_sender_sets"]:
     """Normalised logit difference after patching each sender set's path into ``receivers``."""
     _check(run, senders, receivers)
     model = run.model
     n_layers = model.cfg.n_layers
-    per_copy = run.n * run.context.n_run
+    # the logits need one position per prompt; step 3 runs every position of the suffix
+    per_copy = run.n * (1 if receivers == "logits" else run.context.n_run)
     chunk = max(1, MAX_TOKENS_PER_FORWARD // per_copy)
     scores = []
-    for first in range(0, len(senders), chunk):
+    starts = range(0, len(senders), chunk)
+    for first in tqdm(starts, desc="path patching", unit="batch", disable=not progress or len(starts) < 2, leave=False):
         group = list(senders[first : first + chunk])
         scores.append(_path_patch_chunk(run, group, receivers, n_layers))
     return torch.cat(scores) if scores else torch.zeros(0)
@@ -106,28 +137,29 @@ def _path_patch_chunk(run: PatchingRun, senders: list, receivers: Receivers, n_l
     model = run.model
     copies = len(senders)
     correct, incorrect = run.correct.repeat(copies), run.incorrect.repeat(copies)
-    sender_layers = [layer for group in senders for layer, _ in group]
-    if not sender_layers:  # nothing patched anywhere: the clean run
+    if not any(senders):  # nothing patched anywhere: the clean run
         return torch.ones(copies)
-    start = min(sender_layers)
-    stop = n_layers if receivers == "logits" else max(layer for layer, _, _ in receivers) + 1
-    resid = _suffix(run, f"blocks.{start}.hook_resid_pre").repeat(copies, 1, 1)
-    hooks = _freeze_hooks(run, senders, start, stop, copies)
-    recorded: dict[str, Tensor] = {}
-    if receivers != "logits":
-        for name in {f"blocks.{layer}.{INPUT_HOOKS[kind]}" for layer, _, kind in receivers}:
-            def record(act, hook, name=name):
-                recorded[name] = act.detach().clone()
-                return act
-
-            hooks.append((name, record))
     with torch.no_grad():
-        final = run_blocks(model, resid, start, run.context, stop=stop, fwd_hooks=hooks)
         if receivers == "logits":
+            final, _ = _frozen_run(run, senders, n_layers, slice(-1, None))
             ld = logit_diff_from_resid(model, final[:, -1], correct, incorrect)
             return run.normalize(ld.float().view(copies, run.n).mean(1)).cpu()
+        # step 2: the receivers' inputs as the frozen run computes them
+        receiver_layers = sorted({layer for layer, _, _ in receivers})
+        _, resid_at = _frozen_run(run, senders, receiver_layers[-1], slice(None), record_at=receiver_layers)
+        recorded: dict[str, Tensor] = {}
+        for layer in receiver_layers:
+            names = {f"blocks.{layer}.{INPUT_HOOKS[kind]}" for l, _, kind in receivers if l == layer}
+            hooks = []
+            for name in names:
+                def record(act, hook, name=name):
+                    recorded[name] = act.detach().clone()
+                    return act
+
+                hooks.append((name, record))
+            run_blocks(model, resid_at[layer], layer, run.context, stop=layer + 1, fwd_hooks=hooks)
         # step 3: clean run with only the receivers' inputs replaced
-        start3 = min(layer for layer, _, _ in receivers)
+        start3 = receiver_layers[0]
         patches: dict[str, list[int]] = defaultdict(list)
         for layer, head, kind in receivers:
             patches[f"blocks.{layer}.{INPUT_HOOKS[kind]}"].append(head if kind == "q" else kv_head(model, head))
@@ -138,7 +170,7 @@ def _path_patch_chunk(run: PatchingRun, senders: list, receivers: Receivers, n_l
                 return act
 
             hooks3.append((name, replace))
-        resid = _suffix(run, f"blocks.{start3}.hook_resid_pre").repeat(copies, 1, 1)
+        resid = suffix_activation(run, f"blocks.{start3}.hook_resid_pre").repeat(copies, 1, 1)
         final = run_blocks(model, resid, start3, run.context, fwd_hooks=hooks3)
         ld = logit_diff_from_resid(model, final[:, -1], correct, incorrect)
     return run.normalize(ld.float().view(copies, run.n).mean(1)).cpu()
@@ -151,6 +183,7 @@ def path_patch_each_head(
     n_layers, n_heads = run.model.cfg.n_layers, run.model.cfg.n_heads
     last = n_layers if receivers == "logits" else min(layer for layer, _, _ in receivers)
     out = torch.full((n_layers, n_heads), float("nan"))
-    for layer in tqdm(range(last), desc="path patching", unit="layer", disable=not progress, leave=False):
-        out[layer] = path_patch(run, [[(layer, h)] for h in range(n_heads)], receivers)
+    senders = [[(layer, h)] for layer in range(last) for h in range(n_heads)]
+    if senders:
+        out[:last] = path_patch(run, senders, receivers, progress).view(last, n_heads)
     return out

@@ -7,7 +7,7 @@ import torch
 import transformer_lens.patching as tlp
 
 from mechdemo.ioi import ioi_batch
-from mechdemo.models import random_model
+from mechdemo.models import offline_vocab_size, random_model
 from mechdemo.patching import (
     attribution_patching,
     patch_attn_out,
@@ -31,9 +31,25 @@ def _run_and_cache(bridge, batch, reuse_prefix=True):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "meta-llama/Llama-3.2-1B"])
+def test_activation_patching_of_heads_and_resid_equals_transformer_lens(name, model):
+    """`make test`'s share of the comparison below: one layer, two prompts, z and resid_pre."""
+    bridge = random_model(name, n_layers=1, vocab_size=offline_vocab_size())
+    batch = ioi_batch(model, 0, 2)
+    run, clean_cache = _run_and_cache(bridge, batch)
+    args = (bridge, batch.corrupted_tokens, clean_cache, run.metric)
+    with torch.no_grad():
+        torch.testing.assert_close(patch_heads(run, "z"), tlp.get_act_patch_attn_head_out_all_pos(*args).float(),
+                                   atol=ATOL, rtol=0)
+        if name == "gpt2":  # one forward pass per position: the cheaper model
+            torch.testing.assert_close(patch_resid_pre(run), tlp.get_act_patch_resid_pre(*args).float(),
+                                       atol=ATOL, rtol=0)
+
+
+@pytest.mark.full  # TransformerLens runs one full forward pass per patch: minutes
+@pytest.mark.parametrize("name", ["gpt2", "meta-llama/Llama-3.2-1B"])
 def test_activation_patching_equals_transformer_lens(name, model, random_bridge):
     # TL runs one full forward per patch; a 128k-token unembedding makes each Llama one slow: 1 layer
-    bridge = random_bridge(name) if name == "gpt2" else random_model(name, n_layers=1)
+    bridge = random_bridge(name) if name == "gpt2" else random_model(name, n_layers=1, vocab_size=offline_vocab_size())
     batch = ioi_batch(model, 0, 4)
     run, clean_cache = _run_and_cache(bridge, batch)
     args = (bridge, batch.corrupted_tokens, clean_cache, run.metric)
@@ -69,7 +85,7 @@ def test_layer_outputs_equal_manual_patches(model, random_bridge):
 
 
 def test_offline_model_head_patching_equals_manual_patches(model):
-    batch = ioi_batch(model, 0, 6)
+    batch = ioi_batch(model, 0, 4)
     run = prepare_ioi(model, batch)
     ours = patch_heads(run, "z")
     with torch.no_grad():
@@ -96,8 +112,9 @@ def test_patching_the_only_difference_restores_the_clean_run(model):
     assert resid[0, others].abs().max().item() < 1e-4  # identical activations: no-op patches
 
 
-def test_prefix_reuse_gives_the_same_results(model):
+def test_prefix_reuse_gives_the_same_results(model, random_bridge):
     batch = ioi_batch(model, 1, 4)
+    model = random_bridge("gpt2")  # learned positions: the suffix must keep its positions
     fast = prepare_ioi(model, batch)
     slow = prepare(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, reuse_prefix=False)
     assert fast.prefix == int(batch.positions["S2"][0]) and slow.prefix == 0
@@ -105,7 +122,7 @@ def test_prefix_reuse_gives_the_same_results(model):
 
 
 def test_attribution_patching_tracks_activation_patching(model):
-    batch = ioi_batch(model, 0, 8)
+    batch = ioi_batch(model, 0, 4)
     run = prepare_ioi(model, batch)
     estimate = attribution_patching(run)["heads"]
     exact = patch_heads(run, "z")
@@ -147,3 +164,67 @@ def test_path_patching_rejects_senders_after_receivers(model):
         path_patch(run, [[(25, 0)]], [(20, 0, "q")])
     scan = path_patch_each_head(run, [(2, 0, "v")])
     assert scan.shape == (30, 9) and scan[2:].isnan().all() and not scan[:2].isnan().any()
+
+
+def _naive_path_patch(model, batch, senders, receivers, run):
+    """Wang et al.'s three runs written out with hooks on whole forward passes: one per sender set."""
+    from mechdemo.circuits import kv_head
+
+    n_layers = model.cfg.n_layers
+    z_names = [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(batch.tokens, names_filter=z_names)
+        _, corrupted = model.run_with_cache(batch.corrupted_tokens, names_filter=z_names)
+    hooks_in = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v"}
+    scores = []
+    for group in senders:
+        # hook.name is the bridge's resolved name: each hook closes over the name it was given
+        def freeze(act, hook, layer, name):
+            act[:] = clean[name]
+            for l, h in group:
+                if l == layer:
+                    act[:, :, h] = corrupted[name][:, :, h]
+            return act
+
+        hooks = [(name, lambda act, hook, l=l, name=name: freeze(act, hook, l, name)) for l, name in enumerate(z_names)]
+        recorded = {}
+        if receivers != "logits":
+            for name in {f"blocks.{l}.{hooks_in[k]}" for l, _, k in receivers}:
+                def record(act, hook, name=name):
+                    recorded[name] = act.detach().clone()
+                    return act
+                hooks.append((name, record))
+        with torch.no_grad():
+            logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+            if receivers != "logits":
+                def replace(act, hook, name):
+                    layer, kind = int(name.split(".")[1]), name.split("hook_")[-1]
+                    for l, h, k in receivers:
+                        if l == layer and k == kind:
+                            col = h if k == "q" else kv_head(model, h)
+                            act[:, :, col] = recorded[name][:, :, col]
+                    return act
+                logits = model.run_with_hooks(batch.tokens, fwd_hooks=[
+                    (name, lambda act, hook, name=name: replace(act, hook, name)) for name in recorded])
+        scores.append(run.metric(logits).item())
+    return torch.tensor(scores)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "meta-llama/Llama-3.2-1B"])
+def test_path_patching_equals_the_naive_three_runs(name, model, random_bridge):
+    """The frozen-heads fast path (MLPs only in step 2, the answer position only for the logits) gives
+    what the three hooked forward passes of Wang et al. give, for LayerNorm/learned positions and
+    RMSNorm/RoPE/GQA, for the logits and for q, k and v receivers, several sender sets batched."""
+    bridge = random_model(name, n_layers=3, vocab_size=offline_vocab_size())
+    batch = ioi_batch(model, 0, 2)
+    run = prepare_ioi(bridge, batch)
+    cases = [
+        ([[(0, 0)], [(1, 3), (0, 2)], [], [(2, 1)]], "logits"),
+        ([[(0, 1)], [(0, 0), (1, 2)], [(1, 5)]], [(2, 0, "q"), (2, 3, "k")]),
+        ([[(0, 4)], [(0, 1), (0, 7)]], [(1, 2, "v"), (2, 1, "q")]),
+    ]
+    for senders, receivers in cases:
+        fast = path_patch(run, senders, receivers)
+        naive = _naive_path_patch(bridge, batch, senders, receivers, run)
+        torch.testing.assert_close(fast, naive, atol=ATOL, rtol=0)
+        assert (fast - 1).abs().max() > 1e-3  # the paths do change something: the comparison is not vacuous
