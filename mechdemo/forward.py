@@ -169,6 +169,15 @@ def final_norm(model: "TransformerBridge", resid: Float[Tensor, "... d_model"]) 
     return model.ln_final.original_component(resid)
 
 
+def logits_from_resid(
+    model: "TransformerBridge", resid: Float[Tensor, "... d_model"]
+) -> Float[Tensor, "... d_vocab"]:
+    """The logits from the final residual stream: final norm, then the unembedding."""
+    logits = final_norm(model, resid) @ model.W_U.to(resid.dtype)
+    b_U = getattr(model, "b_U", None)
+    return logits + b_U.to(logits.dtype) if b_U is not None else logits
+
+
 def logit_diff_from_resid(
     model: "TransformerBridge",
     resid_end: Float[Tensor, "batch d_model"],

@@ -35,6 +35,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from mechdemo.threads import fixed_threads
+
 
 @dataclass
 class ToyConfig:
@@ -125,9 +127,7 @@ def train_toy_model(
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with fixed_threads(1):
         for step in tqdm(range(steps), desc="toy models", disable=not progress, leave=False):
             x = model.generate_batch(batch_size, g)
             loss = model.loss(x, model(x))
@@ -136,8 +136,6 @@ def train_toy_model(
             optimizer.step()
             if step % 100 == 0 or step == steps - 1:
                 losses.append(loss.item())
-    finally:
-        torch.set_num_threads(threads)
     return losses
 
 

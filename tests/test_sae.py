@@ -21,6 +21,7 @@ from mechdemo.sae import (
     reconstruction_metrics,
     save_sae,
     spliced_loss,
+    spliced_losses,
     top_activations,
     train_sae,
 )
@@ -119,7 +120,7 @@ def test_heldout_sequences_are_the_stored_text(model, dataset):
 
 # --- training ---------------------------------------------------------------------------------
 
-SMALL = dict(expansion=2, training_tokens=60_000, batch_size=512, seed=0)
+SMALL = dict(expansion=2, training_tokens=30_000, batch_size=512, seed=0)
 JUMPRELU = SAETrainConfig(architecture="jumprelu", l0_coefficient=2.0, **{**SMALL, "batch_size": 256})
 
 
@@ -138,9 +139,10 @@ def test_every_architecture_learns_a_sparse_reconstruction(dataset, trained):
     d_sae = 2 * dataset.d_model
     for name, sae in trained.items():
         m = reconstruction_metrics(sae, heldout)
-        # raw activations in (the normalisation is folded into the weights), most variance explained
-        assert m["explained_variance"] > 0.6, (name, m)
-        assert m["l0"] < d_sae / 8, (name, m)
+        # raw activations in (the normalisation is folded into the weights); after 30k samples at least
+        # half the variance is explained (an untrained SAE explains none)
+        assert m["explained_variance"] > 0.5, (name, m)
+        assert m["l0"] < d_sae / 6, (name, m)  # most features off on every token
     assert reconstruction_metrics(trained["topk"], heldout)["l0"] <= 16 + 1e-6
 
 
@@ -154,6 +156,20 @@ def test_delta_ce_of_a_trained_sae_equals_the_hf_loss_difference(model, dataset,
     assert out["delta_ce"] == pytest.approx(reference, rel=1e-3, abs=1e-5)
 
 
+def test_spliced_losses_of_several_saes_equal_saelens_one_by_one(model, dataset, trained):
+    """The shared clean/zero runs and the spliced runs started at the layer give what SAELens's
+    get_recons_loss (three full forward passes per SAE) gives for each SAE alone."""
+    tokens = heldout_sequences(dataset, len(dataset.shards) - 1, 32, bos_token_id(model), max_sequences=3)
+    saes = [trained["topk"], trained["jumprelu"], _signed_identity_sae(model.cfg.d_model)]
+    together = spliced_losses(saes, model, tokens, LAYER, batch_size=2)  # batches of 2 and 1 sequences
+    for sae, ours in zip(saes, together):
+        alone = spliced_loss(sae, model, tokens, LAYER)
+        assert ours.keys() == alone.keys()
+        for key, value in alone.items():
+            assert ours[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    assert len({round(r["ce_spliced"], 4) for r in together}) == 3  # three different SAEs, three losses
+
+
 def test_a_stronger_penalty_gives_a_sparser_sae(dataset, trained):
     heldout = from_uint16(dataset.shard_bits(len(dataset.shards) - 1)).float()
     stronger = train_sae(dataset, SAETrainConfig(architecture="relu", l1_coefficient=4.0, **SMALL), progress=False)
@@ -164,6 +180,21 @@ def test_a_stronger_penalty_gives_a_sparser_sae(dataset, trained):
 def test_training_is_deterministic(dataset, trained):
     again = train_sae(dataset, SAETrainConfig(architecture="topk", k=16, **SMALL), progress=False)
     torch.testing.assert_close(again.W_dec, trained["topk"].W_dec, rtol=0, atol=0)
+
+
+def test_training_does_not_depend_on_the_callers_thread_count(dataset):
+    """Another machine runs torch on another number of threads (another reduction order): training
+    pins its own count, so the same seed gives bit-identical weights either way."""
+    from mechdemo.threads import fixed_threads
+
+    cfg = SAETrainConfig(architecture="relu", l1_coefficient=1.0, expansion=2, training_tokens=8_192, batch_size=512)
+    trained = []
+    for threads in (1, 2):
+        with fixed_threads(threads):
+            trained.append(train_sae(dataset, cfg, progress=False))
+            assert torch.get_num_threads() == threads  # and the caller's count is restored
+    torch.testing.assert_close(trained[0].W_dec, trained[1].W_dec, rtol=0, atol=0)
+    torch.testing.assert_close(trained[0].W_enc, trained[1].W_enc, rtol=0, atol=0)
 
 
 def test_saved_sae_reloads_identically(dataset, trained, tmp_path):
@@ -211,14 +242,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_train_then_eval(model, dataset, tmp_path):
     out = tmp_path / "sae"
     proc = _cli("sae", "train", "--data", str(dataset.path), "--out", str(out), "--architecture", "topk", "--k", "8",
-                "--expansion", "2", "--tokens", "20000", "--batch-size", "512", "--eval-sequences", "8", "--json")
+                "--expansion", "2", "--tokens", "8192", "--batch-size", "512", "--eval-sequences", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     trained = json.loads(proc.stdout)
     m = trained["metrics"]
     assert trained["train_config"]["k"] == 8 and m["l0"] <= 8 + 1e-6
     assert 0 < m["explained_variance"] < 1 and m["ce_spliced"] > m["ce_clean"] - 1e-3
     assert m["ce_zero_ablation"] > m["ce_clean"] and m["loss_recovered"] < 1
-    proc = _cli("sae", "eval", "--sae", str(out), "--data", str(dataset.path), "--eval-sequences", "8", "--json")
+    proc = _cli("sae", "eval", "--sae", str(out), "--data", str(dataset.path), "--eval-sequences", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     evaluated = json.loads(proc.stdout)["metrics"]
     for key in ("l0", "explained_variance", "dead_fraction", "ce_clean", "ce_spliced", "ce_zero_ablation"):
