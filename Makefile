@@ -1,7 +1,9 @@
 # mechdemo: two commands set everything up on a fresh machine.
 #   make figures   regenerate every figure in img/ on the offline default model
-#   make test      run the test suite
-# Both create .venv and install what the project needs on first use.
+#   make test      the contributor's suite: unit tests and every figure at small scale
+#   make check     everything CI runs: make test, one full regeneration compared with img/manifest.json,
+#                  the six demos executed, both decks built and checked
+# All of them create .venv and install what the project needs on first use.
 
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -16,11 +18,12 @@ STAMP      := $(VENV)/.mechdemo-installed
 CHROME_PATH ?= $(shell command -v chromium || command -v chromium-browser || command -v google-chrome || true)
 export CHROME_PATH
 
-.PHONY: help setup constraints figures test slides demos demo-notebooks bench clean distclean
+.PHONY: help setup constraints figures test check slides demos demo-notebooks bench clean distclean
 
 help:
 	@echo "make figures   regenerate img/ on the offline default model (bootstraps .venv)"
-	@echo "make test      run the test suite (bootstraps .venv)"
+	@echo "make test      the contributor's suite, a few minutes (bootstraps .venv)"
+	@echo "make check     everything CI runs: make test, full figures vs img/manifest.json, demos, decks"
 	@echo "make slides    build slides/dist/*.html and *.pdf with marp-cli"
 	@echo "make demos     execute demos/*.py headless into demos/executed/"
 	@echo "make demo-notebooks  regenerate demos/*.ipynb (no outputs) from demos/*.py"
@@ -52,9 +55,19 @@ figures: $(STAMP)
 	$(PY) -m mechdemo figures
 
 # pytest exits 5 when it collects no tests: that is not a failure of the suite.
+# `make test` leaves out the tests marked `full` (pyproject.toml): the full-scale regeneration of
+# every figure, the demos and the deck build, which `make check` runs after it.
+# Two xdist workers, one per core (tests of one file stay on one worker: module fixtures are built once).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not full" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# The full tier runs in a fresh cache folder: nothing read from or written to the user's cache.
+check: test
+	@cache=$$(mktemp -d); echo "make check: full tier, MECHDEMO_CACHE=$$cache"; \
+	HF_HUB_OFFLINE=1 MECHDEMO_CACHE=$$cache $(PY) -m pytest -m full $(PYTEST_ARGS); rc=$$?; \
+	rm -rf $$cache; exit $$rc
 
 node_modules/.package-lock.json: package.json package-lock.json
 	PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund

@@ -116,13 +116,17 @@ def _run_figures(args: argparse.Namespace) -> int:
             for r in rows:
                 print(f"{r['name']:<28}{', '.join(r['files']):<48}{r['description']}")
         return 0
+    from mechdemo.figures.registry import time_table
+
     written = run_figures(args.only, model_name=args.model, out_dir=args.out, device=args.device,
-                          progress=not args.json)
+                          progress=not args.json, scale=args.scale)
     if args.json:
         _print_json(written)
     else:
         for name, entry in written.items():
             print(f"{name}: {', '.join(entry['files'])}")
+        print()
+        print(time_table(written))
     return 0
 
 
@@ -133,6 +137,8 @@ def _configure_figures(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: img/, or img/<model>/ for another model)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--list", action="store_true", help="list the registered figures and exit")
+    p.add_argument("--scale", choices=("full", "small"), default="full",
+                   help="full: the deck's figures (default); small: same code on small inputs, seconds (for tests)")
     p.add_argument("--json", action="store_true", help="print the manifest entries as JSON")
 
 

@@ -449,12 +449,17 @@ def load_model(
     return wrap(hf_model, tokenizer, spec.name, dev)
 
 
-def random_model(name: str, n_layers: int | None = None, seed: int = 0) -> "TransformerBridge":
+def random_model(
+    name: str, n_layers: int | None = None, seed: int = 0, vocab_size: int | None = None
+) -> "TransformerBridge":
     """A model with the registered architecture and random weights, built offline.
 
     For tests and teaching: same config (optionally fewer layers), hook names, GQA layout,
     norms and positions as the real model, no download. It borrows the offline model's
     tokenizer (ids stay inside every registered vocabulary), so text in, text out, works.
+    ``vocab_size`` shrinks the embedding and unembedding where the vocabulary is not what is
+    tested (Llama 3.2 1B's 128,256 x 2,048 embedding alone is 1 GB); it must hold the
+    tokenizer's ids (at least :func:`offline_vocab_size`).
     """
     from transformers import AutoModelForCausalLM
 
@@ -462,9 +467,18 @@ def random_model(name: str, n_layers: int | None = None, seed: int = 0) -> "Tran
     config = spec.published_config()
     if n_layers is not None:
         setattr(config, "n_layer" if config.model_type == "gpt2" else "num_hidden_layers", n_layers)
+    if vocab_size is not None:
+        if vocab_size < offline_vocab_size():
+            raise ValueError(f"vocab_size {vocab_size} cannot hold the offline tokenizer's {offline_vocab_size()} ids")
+        config.vocab_size = vocab_size
     torch.manual_seed(seed)
     hf_model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     return wrap(hf_model, offline_tokenizer(), spec.name, "cpu")
+
+
+def offline_vocab_size() -> int:
+    """Token ids the offline tokenizer can produce (the smallest vocabulary a random test model may have)."""
+    return get_spec(DEFAULT_MODEL).architecture.d_vocab
 
 
 def offline_tokenizer():

@@ -9,7 +9,9 @@
 //  3. Interactive figures (HTML build only): a figure whose manifest entry also lists an .html
 //     page (CircuitsVis) is shown as that page in an <iframe>; the PDF keeps the static PNG.
 // Chromium comes from the system (CHROME_PATH); marp-cli adds --no-sandbox itself as root.
-import { marpCli } from '@marp-team/marp-cli'
+//
+// `node slides/build.mjs --resolve-only [lang ...]` stops after step 1 and writes each resolved
+// source to slides/dist/deck.<lang>.md: no marp-cli, no Chromium (what `make test` checks).
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -20,7 +22,8 @@ const dist = path.join(slides, 'dist')
 const theme = path.join(slides, 'theme.css')
 const manifestPath = path.join(root, 'img', 'manifest.json')
 
-const only = process.argv.slice(2) // e.g. `node slides/build.mjs es` builds deck.es.md only
+const resolveOnly = process.argv.includes('--resolve-only')
+const only = process.argv.slice(2).filter((a) => !a.startsWith('--')) // e.g. `node slides/build.mjs es` builds deck.es.md only
 const decks = fs
   .readdirSync(slides)
   .filter((f) => /^deck\.[\w-]+\.md$/.test(f))
@@ -114,11 +117,16 @@ function forHtml(source) {
 // ---- build -----------------------------------------------------------------------------------
 
 fs.mkdirSync(path.join(dist, 'img'), { recursive: true })
+const { marpCli } = resolveOnly ? {} : await import('@marp-team/marp-cli')
 for (const deck of decks) {
   const name = deck.replace(/\.md$/, '')
   const locale = name.split('.')[1]
   const source = resolveNumbers(fs.readFileSync(path.join(slides, deck), 'utf8'), deck, locale)
   const resolved = source.replaceAll('../img/', 'img/')
+  if (resolveOnly) {
+    fs.writeFileSync(path.join(dist, `${name}.md`), resolved)
+    continue
+  }
   for (const [, file] of resolved.matchAll(/img\/([\w.-]+\.(?:png|html))/g)) copyFigure(file, deck)
   const html = forHtml(resolved)
   for (const [, page] of html.matchAll(/src="img\/([\w.-]+\.html)"/g)) copyFigure(page, deck)
@@ -143,4 +151,4 @@ for (const deck of decks) {
     fs.rmSync(htmlSource, { force: true })
   }
 }
-console.log(`built ${decks.length} deck(s) into ${path.relative(root, dist)}/`)
+console.log(`${resolveOnly ? 'resolved' : 'built'} ${decks.length} deck(s) into ${path.relative(root, dist)}/`)

@@ -173,6 +173,7 @@ def _shards_done(out: Path) -> int:
         return 0
 
 
+@pytest.mark.full  # three builder processes (each loads the model); fault tests run in `make check`
 def test_killed_twice_then_resumed_equals_uninterrupted(corpus, reference, tmp_path):
     """SIGKILL the builder twice mid-run; the third run finishes, and the dataset is byte-identical."""
     out = tmp_path / "killed"
@@ -252,6 +253,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.full  # torchrun with two processes; `make check`
 def test_two_processes_under_torchrun_equal_one(corpus, reference, tmp_path):
     out = tmp_path / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -106,6 +106,7 @@ def kernel_env(tmp_path_factory):
         yield
 
 
+@pytest.mark.full  # `make check`: executing the six demos takes minutes
 @pytest.mark.parametrize("source", RUNS)
 def test_demo_runs_headless_within_its_time_bound(source: Path, kernel_env, tmp_path):
     from nbclient import NotebookClient

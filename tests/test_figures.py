@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mechdemo import __version__
 from mechdemo.figures import FIGURES
 from mechdemo.figures.registry import read_manifest, read_provenance, run_figures
@@ -54,11 +56,14 @@ def _assert_close(new, old, path: str = "") -> None:
         assert new == old, f"{path}: {new!r} != {old!r}"
 
 
-def test_committed_figures_are_reproduced(tmp_path):
+@pytest.mark.full
+def test_committed_figures_are_reproduced(tmp_path, monkeypatch, model):
     """Regenerating every figure from its seed (one complete `mechdemo figures` run, into a temporary
-    folder) reproduces the numbers in the committed img/manifest.json: the figures in the deck are
+    folder, with a fresh cache: the activation dataset is rebuilt, nothing comes from the user's
+    cache) reproduces the numbers in the committed img/manifest.json: the figures in the deck are
     what the code computes now, and a seed determines them."""
-    entries = run_figures(out_dir=tmp_path, progress=False)
+    monkeypatch.setenv("MECHDEMO_CACHE", str(tmp_path / "cache"))
+    entries = run_figures(out_dir=tmp_path / "img", progress=False, models={DEFAULT_MODEL: model})
     committed = read_manifest(IMG)["figures"]
     assert set(entries) == set(FIGURES)
     for name, entry in entries.items():
@@ -81,3 +86,49 @@ def test_img_is_in_sync_with_the_registry():
         prov = read_provenance(png)
         assert prov["figure"] == name
         assert prov["model"] == (DEFAULT_MODEL if FIGURES[name].needs_model else None)
+
+
+def test_every_figure_runs_end_to_end_at_small_scale(tmp_path, monkeypatch, model):
+    """`make test`'s end-to-end check of every figure function: the same code as `make figures`, on
+    small inputs (few prompts, few training steps, a small activation dataset in a temporary cache).
+    It asserts what holds at any scale, not the committed numbers (that is `make check`'s job)."""
+    monkeypatch.setenv("MECHDEMO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "img"
+    entries = run_figures(out_dir=out, progress=False, scale="small", models={DEFAULT_MODEL: model})
+    committed = read_manifest(IMG)["figures"]
+    assert set(entries) == set(FIGURES)
+    for name, entry in entries.items():
+        assert entry["scale"] == "small" and entry["seconds"] > 0
+        for f in entry["files"]:
+            assert (out / f).stat().st_size > 10_000, f
+        assert read_provenance(out / f"{name}.png")["figure"] == name
+        # the small run reports the same quantities as the committed full run
+        assert set(entry["results"]) == set(committed[name]["results"]), name
+    assert set(read_manifest(out)["figures"]) == set(FIGURES)
+    assert not (tmp_path / "cache" / "smollm2-135m").exists()  # the lent model: no weights cache written
+    r = {name: e["results"] for name, e in entries.items()}
+    # invariants of the analyses, whatever the scale
+    assert r["dla"]["max_sum_error"] < 1e-3  # DLA's parts add up to the logit difference
+    faith = r["path-patching"]["circuit"]["faithfulness"]
+    assert faith["faithfulness"] == pytest.approx(faith["logit_diff_circuit"] / faith["logit_diff_full"], abs=2e-3)
+    for sae in r["sae_tradeoff"]["saes"]:
+        if sae["architecture"] == "topk":
+            assert sae["l0"] == pytest.approx(float(sae["setting"].split("=")[1]))  # TopK keeps exactly k
+        assert 0 <= sae["dead_fraction"] <= 1 and sae["ce_zero_ablation"] > sae["ce_clean"]
+    assert r["kv_cache"]["forward_passes"] == r["kv_cache"]["new_tokens"]
+
+
+def test_time_table_lists_every_figure_and_the_total():
+    from mechdemo.figures.registry import time_table
+
+    table = time_table({"a": {"seconds": 1.0}, "b": {"seconds": 3.0}})
+    lines = table.splitlines()
+    assert lines[1].startswith("b") and "75%" in lines[1] and lines[2].startswith("a")
+    assert lines[-1].split()[:2] == ["total", "4.0"]
+
+
+def test_small_scale_needs_its_own_folder():
+    from mechdemo.errors import MechdemoError
+
+    with pytest.raises(MechdemoError, match="--out"):
+        run_figures(["superposition"], scale="small")

@@ -11,7 +11,7 @@ from mechdemo.ablation import faithfulness, logit_diff_with_ablation, mean_head_
 from mechdemo.cli import main
 from mechdemo.dla import direct_logit_attribution
 from mechdemo.errors import MechdemoError
-from mechdemo.models import random_model
+from mechdemo.models import offline_vocab_size, random_model
 from mechdemo.ioi import (
     ROLES,
     TEMPLATES,
@@ -55,7 +55,7 @@ def test_offline_model_does_ioi(model):
 def test_dla_parts_sum_to_the_logit_difference(which, model, random_bridge, batch):
     bridge = model if which == "default" else random_bridge(which)
     if which == "gpt2":  # a GPT-2 of its own with every bias and LayerNorm offset non-zero: the constant term must carry them
-        bridge = random_model("gpt2", n_layers=2, seed=1)
+        bridge = random_model("gpt2", n_layers=2, seed=1, vocab_size=offline_vocab_size())
         torch.manual_seed(0)
         for p in bridge.original_model.parameters():
             if p.ndim == 1:
@@ -131,6 +131,7 @@ def test_mean_ablation(model, batch):
     assert abs(f["logit_diff_all_heads_ablated"]) < 0.3 * f["logit_diff_full"]
 
 
+@pytest.mark.full  # four path-patching scans of a 30-layer model; `make test` runs it at small scale (path-patching)
 def test_circuit_discovery_on_the_offline_model(model):
     batch = ioi_batch(model, 0, 8)
     circuit = find_ioi_circuit(model, batch)

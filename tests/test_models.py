@@ -25,6 +25,7 @@ def test_default_model_completes_paris_offline(model):
     assert model.tokenizer.decode([next_id]) == " Paris"
 
 
+@pytest.mark.full  # transformers dequantizes the GGUF itself (30 s)
 def test_logits_equal_plain_transformers_from_the_gguf(model, gguf_path):
     """The reference is transformers reading the GGUF file itself (not our cache), eager attention.
 

@@ -140,6 +140,9 @@ def test_numbers_are_computed_or_cited(deck):
 # ---- build -----------------------------------------------------------------------------------
 
 
+FULL = pytest.mark.full  # building the decks (marp-cli + Chromium) belongs to `make check`
+
+
 @pytest.fixture(scope="module")
 def built():
     """``make slides``: both decks to slides/dist/*.html and *.pdf, offline."""
@@ -154,6 +157,7 @@ def built():
     return env
 
 
+@FULL
 @pytest.mark.parametrize("lang", ["es", "en"])
 def test_pdf_has_one_page_per_slide(built, lang):
     from pypdf import PdfReader
@@ -164,6 +168,7 @@ def test_pdf_has_one_page_per_slide(built, lang):
     assert len(re.findall(r"<svg[^>]*data-marpit-svg", html)) == len(slides)
 
 
+@FULL
 @pytest.mark.parametrize("lang", ["es", "en"])
 def test_built_html_needs_no_network(built, lang):
     html = (DIST / f"deck.{lang}.html").read_text(encoding="utf-8")
@@ -181,6 +186,7 @@ def test_built_html_needs_no_network(built, lang):
         assert (DIST / r).is_file(), f"deck.{lang}.html refers to {r}, missing from slides/dist/"
 
 
+@FULL
 def test_html_build_embeds_the_interactive_attention_page(built):
     html = (DIST / "deck.es.html").read_text(encoding="utf-8")
     assert re.search(r'<iframe[^>]*src="img/attention_pattern\.html"', html)
@@ -191,7 +197,16 @@ def test_html_build_embeds_the_interactive_attention_page(built):
     assert "img/attention_pattern.png" in pdf_source and "<iframe" not in pdf_source
 
 
-def test_numbers_are_filled_in_from_the_manifest(built):
+def test_numbers_are_filled_in_from_the_manifest():
+    """The build's first step alone (`--resolve-only`: no marp-cli, no Chromium): every placeholder
+    is replaced by its manifest value, formatted for the deck's language."""
+    if not shutil.which("node"):
+        if os.environ.get("MECHDEMO_REQUIRE_CHROMIUM"):
+            pytest.fail("node required here (MECHDEMO_REQUIRE_CHROMIUM is set) but not found")
+        pytest.skip("node not installed")
+    proc = subprocess.run(["node", "slides/build.mjs", "--resolve-only"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     es = (DIST / "deck.es.md").read_text(encoding="utf-8")
     en = (DIST / "deck.en.md").read_text(encoding="utf-8")
     assert "{{" not in es and "{{" not in en
@@ -200,6 +215,7 @@ def test_numbers_are_filled_in_from_the_manifest(built):
     assert f"{loss:.2f}" in en
 
 
+@FULL
 def test_a_rendered_figure_slide_shows_its_figure(built, tmp_path):
     """Render the DLA slide of the built deck to PNG: it is not blank, and the figure is in it
     (normalised cross-correlation of the slide with the figure, searched over scale and offset)."""

@@ -65,6 +65,7 @@ def test_batches_respect_the_pair_structure():
     assert (anti[:, 2] > 0).float().mean() == pytest.approx(0.3, abs=0.02)
 
 
+@pytest.mark.full  # 2 x 10,000 Adam steps; `make test` runs the same code at small scale (superposition_correlation)
 def test_correlated_pairs_orthogonal_anticorrelated_antipodal():
     """On fixed seeds, the lowest-loss of four initialisations has the paper's geometry.
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -28,6 +31,7 @@ def _logits(model, text="The capital of France is"):
         return model(model.to_tokens(text))
 
 
+@pytest.mark.full  # dequantizes the GGUF (30-40 s); `make check` runs in a fresh cache
 def test_first_load_builds_second_load_reads(cache_dir, gguf_path, monkeypatch):
     first = ensure_dequantized(gguf_path, "smollm2-135m")
     assert first.built and first.path.parent.parent == cache_dir
@@ -45,8 +49,33 @@ def test_first_load_builds_second_load_reads(cache_dir, gguf_path, monkeypatch):
     torch.testing.assert_close(_logits(load_model(device="cpu")), reference, rtol=0, atol=0)
 
 
-def test_corrupt_weights_are_detected_and_rebuilt(cache_dir, gguf_path, caplog):
+@pytest.fixture(scope="session")
+def verified_build(gguf_path) -> "Path":
+    """The cache folder the session's model loads from (built once, verified at every load)."""
+    return ensure_dequantized(gguf_path, "smollm2-135m").path
+
+
+@pytest.fixture
+def fast_rebuild(verified_build, cache_dir, monkeypatch) -> list:
+    """Builds copy the files of a verified build instead of dequantizing the GGUF again (30 s each;
+    the real dequantization is what test_first_load_builds_second_load_reads checks). Returns the
+    list of folders built."""
+    reference = verified_build
+    rebuilt = []
+
+    def copy(gguf_file, out_dir):
+        rebuilt.append(out_dir)
+        for f in reference.iterdir():
+            if f.name != MARKER:
+                shutil.copy2(f, out_dir / f.name)
+
+    monkeypatch.setattr(weights_cache, "dequantize_gguf", copy)
+    return rebuilt
+
+
+def test_corrupt_weights_are_detected_and_rebuilt(cache_dir, gguf_path, caplog, fast_rebuild):
     folder = ensure_dequantized(gguf_path, "smollm2-135m").path
+    builds = len(fast_rebuild)
     weights = folder / "model.safetensors"
     size = weights.stat().st_size
     with open(weights, "r+b") as f:  # flip bytes in the middle: same size, different content
@@ -56,19 +85,21 @@ def test_corrupt_weights_are_detected_and_rebuilt(cache_dir, gguf_path, caplog):
         weights_cache.verify(folder)
     with caplog.at_level(logging.WARNING, logger="mechdemo.weights_cache"):
         rebuilt = ensure_dequantized(gguf_path, "smollm2-135m")
-    assert rebuilt.built and "damaged" in caplog.text
+    assert rebuilt.built and "damaged" in caplog.text and len(fast_rebuild) == builds + 1
     weights_cache.verify(rebuilt.path)
 
 
-def test_partial_cache_is_detected_and_rebuilt(cache_dir, gguf_path):
+def test_partial_cache_is_detected_and_rebuilt(cache_dir, gguf_path, fast_rebuild):
     folder = ensure_dequantized(gguf_path, "smollm2-135m").path
+    builds = len(fast_rebuild)
     weights = folder / "model.safetensors"
     with open(weights, "r+b") as f:
         f.truncate(weights.stat().st_size // 3)
     (folder / "tokenizer.json").unlink()
     with pytest.raises(weights_cache.CorruptFileError):
         weights_cache.verify(folder)
-    assert ensure_dequantized(gguf_path, "smollm2-135m").built
+    assert ensure_dequantized(gguf_path, "smollm2-135m").built and len(fast_rebuild) == builds + 1
+    weights_cache.verify(folder)
     # a folder without its marker (the writer died before finishing) is not trusted either
     (folder / MARKER).unlink()
     with pytest.raises(weights_cache.CorruptFileError, match="missing"):

@@ -22,7 +22,8 @@ def ov_circuit(ctx: FigureContext) -> FigureOutput:
 
     model = ctx.model
     scores = head_scores_of(ctx)
-    words = word_token_ids(model, N_TOKENS, seed=ctx.seed)
+    n_words = ctx.pick(N_TOKENS, 100)
+    words = word_token_ids(model, n_words, seed=ctx.seed)
     copy = copying_scores(model, words)
     (cl, ch, cv), = top_heads(copy, 1)
     shown = words[:N_SHOWN]
@@ -51,9 +52,9 @@ def ov_circuit(ctx: FigureContext) -> FigureOutput:
         ax.annotate(style.head_label(l, h), (scores["induction"][l, h], copy[l, h]), fontsize=12,
                     xytext=(-10, 12 + 16 * (i % 4)) if low else (6, 4), textcoords="offset points",
                     arrowprops={"arrowstyle": "-", "color": style.GREY, "lw": 0.8} if low else None)
-    ax.axhline(1 / N_TOKENS, color=style.GREY, ls=":", lw=1.5)
+    ax.axhline(1 / n_words, color=style.GREY, ls=":", lw=1.5)
     ax.set_xlabel("induction score (attention)")
-    ax.set_ylabel(f"copying score (OV, top-1 of {N_TOKENS} words)")
+    ax.set_ylabel(f"copying score (OV, top-1 of {n_words} words)")
     ax.set_title("Where a head looks vs what it writes", fontsize=16)
 
     ax = axes[1, 0]

@@ -92,7 +92,7 @@ def kv_cache(ctx: FigureContext) -> FigureOutput:
     from mechdemo.models import get_spec
 
     model = ctx.model
-    n_new, repeats = 48, 3
+    n_new, repeats = ctx.pick(32, 6), ctx.pick(2, 1)
     runs, ms_per_token = {}, {}
     for use_cache in (True, False):
         # the fastest of a few runs at each position: what the computation costs, not what else the machine did

@@ -18,7 +18,7 @@ def repeated_seq(ctx: FigureContext) -> FigureOutput:
     import matplotlib.pyplot as plt
 
     model = ctx.model
-    tokens = repeated_random_tokens(model, BATCH, SEQ_LEN, seed=ctx.seed)
+    tokens = repeated_random_tokens(model, ctx.pick(BATCH, 2), SEQ_LEN, seed=ctx.seed)
     loss = per_token_loss(model, tokens)  # [batch, 2 * SEQ_LEN]; loss[:, i] predicts token i + 1
     # Tokens: 0 = BOS, 1..L = R, L+1..2L = R again. First half: predicting tokens 2..L (token 1 has
     # only BOS as context). Second half: predicting tokens L+2..2L, each of which followed the

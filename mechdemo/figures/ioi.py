@@ -15,11 +15,15 @@ from mechdemo.heads import top_heads
 from mechdemo.ioi import TEMPLATES, find_ioi_circuit, ioi_batch, ioi_batches
 from mechdemo.patching import attribution_patching, patch_heads, patch_resid_pre, prepare_ioi
 
-N_PER_TEMPLATE = 16
+N_PER_TEMPLATE = 16  # prompts per template (2 at the tests' small scale)
+
+
+def _n(ctx: FigureContext) -> int:
+    return ctx.pick(N_PER_TEMPLATE, 2)
 
 
 def _batches(ctx: FigureContext):
-    return ctx.computed("ioi_batches", lambda: ioi_batches(ctx.model, N_PER_TEMPLATE, seed=ctx.seed))
+    return ctx.computed("ioi_batches", lambda: ioi_batches(ctx.model, _n(ctx), seed=ctx.seed))
 
 
 def _main_batch(ctx: FigureContext):
@@ -31,8 +35,15 @@ def _run(ctx: FigureContext):
     return ctx.computed("ioi_run", lambda: prepare_ioi(ctx.model, _main_batch(ctx)))
 
 
+CIRCUIT_PROMPTS = 8  # the circuit search's prompts (template 0, both orders): four path-patching scans
+
+
 def _circuit(ctx: FigureContext):
-    return ctx.computed("ioi_circuit", lambda: find_ioi_circuit(ctx.model, _main_batch(ctx)))
+    def compute():
+        batch = ioi_batch(ctx.model, 0, ctx.pick(CIRCUIT_PROMPTS, 4), seed=ctx.seed)
+        return find_ioi_circuit(ctx.model, batch, progress=True)
+
+    return ctx.computed("ioi_circuit", compute)
 
 
 def _heads_patching(ctx: FigureContext):
@@ -113,7 +124,7 @@ def activation_patching_figure(ctx: FigureContext) -> FigureOutput:
     import matplotlib.pyplot as plt
 
     model = ctx.model
-    abba = ctx.computed("ioi_abba", lambda: ioi_batch(model, 0, N_PER_TEMPLATE, seed=ctx.seed, orders=("ABBA",)))
+    abba = ctx.computed("ioi_abba", lambda: ioi_batch(model, 0, _n(ctx), seed=ctx.seed, orders=("ABBA",)))
     run_abba = prepare_ioi(model, abba)
     resid = patch_resid_pre(run_abba)
     heads = _heads_patching(ctx)

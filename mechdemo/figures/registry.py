@@ -6,7 +6,18 @@ every figure that needs it; the seed; the output folder) and returns a matplotli
 may cite). It computes with the analysis modules and draws with :mod:`mechdemo.figures.style`; it
 never writes files. :func:`run_figures` does: PNG files carry their provenance in PNG text chunks
 (figure, model, seed, mechdemo version, date), and ``manifest.json`` beside them lists every
-figure with its generator, model and results.
+figure with its generator, model, results and the seconds it took.
+
+**Threads.** Every figure runs on exactly ``FIGURE_THREADS`` torch threads (2, or
+``$MECHDEMO_FIGURE_THREADS``), whatever the machine's core count: reductions split over another
+number of threads round differently, and training loops (SAEs, toy models) amplify that into other
+numbers. The count is recorded in the manifest; running with another count is how the tests
+emulate another CPU's rounding.
+
+**Scale.** ``run_figures(scale="full")`` computes what the deck shows. ``scale="small"`` runs the
+same code paths on small inputs (few prompts, few training steps): what ``make test`` uses to check
+every figure function end to end in seconds. A figure function reads its sizes with
+``ctx.pick(full, small)``; small-scale numbers are never compared with the committed manifest.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import json
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +41,16 @@ from mechdemo.errors import MechdemoError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+SCALES = ("full", "small")
+FIGURE_THREADS = 2
+
+
+def figure_threads() -> int:
+    """Torch threads of a figure run: ``$MECHDEMO_FIGURE_THREADS`` or :data:`FIGURE_THREADS`."""
+    value = os.environ.get("MECHDEMO_FIGURE_THREADS", str(FIGURE_THREADS))
+    if not value.isdigit() or int(value) < 1:
+        raise MechdemoError(f"MECHDEMO_FIGURE_THREADS must be a positive integer, not {value!r}")
+    return int(value)
 
 
 @dataclass
@@ -80,16 +102,24 @@ def figure(
 class FigureContext:
     """What a figure function gets: the run's model (loaded on first use), seed and settings."""
 
-    def __init__(self, model_name: str, seed: int, device: str | None, models: dict, memo: dict | None = None):
+    def __init__(self, model_name: str, seed: int, device: str | None, models: dict, memo: dict | None = None,
+                 scale: str = "full"):
+        if scale not in SCALES:
+            raise MechdemoError(f"unknown figure scale {scale!r}: choose one of {', '.join(SCALES)}")
         self.model_name = model_name
         self.seed = seed
         self.device = device
+        self.scale = scale
         self._models = models  # shared across the run: each model loads once
         self._memo = memo if memo is not None else {}  # shared across the run: results reused by several figures
 
+    def pick(self, full: Any, small: Any) -> Any:
+        """``full`` for the deck's figures, ``small`` for the quick end-to-end run of the tests."""
+        return full if self.scale == "full" else small
+
     def computed(self, key: str, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per run, model and seed; later figures asking for ``key`` reuse it."""
-        full = (self.model_name, self.seed, key)
+        full = (self.model_name, self.seed, self.scale, key)
         if full not in self._memo:
             self._memo[full] = compute()
         return self._memo[full]
@@ -176,8 +206,15 @@ def run_figures(
     out_dir: str | Path | None = None,
     device: str | None = None,
     progress: bool = True,
+    scale: str = "full",
+    models: dict | None = None,
 ) -> dict[str, dict]:
-    """Regenerate figures (all, or ``names``) on ``model_name``; return their manifest entries."""
+    """Regenerate figures (all, or ``names``) on ``model_name``; return their manifest entries.
+
+    Each entry records ``seconds``: the figure's wall time, including whatever shared computation
+    (model load, an activation dataset) it was the first to ask for. ``models`` ({name: model}) lends
+    already-loaded models to the run (the tests pass their session model).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,21 +224,29 @@ def run_figures(
     from mechdemo.figures import style
     from mechdemo.models import get_spec
 
+    from mechdemo.threads import fixed_threads
+
     spec_model = get_spec(model_name)  # validates the name before any work
+    threads = figure_threads()
+    if scale not in SCALES:
+        raise MechdemoError(f"unknown figure scale {scale!r}: choose one of {', '.join(SCALES)}")
+    if scale != "full" and out_dir is None:
+        raise MechdemoError(f"--scale {scale} figures are not the deck's: give them their own folder with --out DIR")
     specs = select(names)
     out = Path(out_dir) if out_dir is not None else default_out_dir(spec_model.name)
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(out)
     manifest.setdefault("figures", {})
-    models: dict = {}
+    models = dict(models or {})
     memo: dict = {}
     written: dict[str, dict] = {}
     bar = tqdm(specs, desc="figures", unit="fig", disable=not progress)
     for spec in bar:
         bar.set_postfix_str(spec.name)
         seed_everything(spec.seed)
-        ctx = FigureContext(spec_model.name, spec.seed, device, models, memo)
-        with style.projector_style():
+        ctx = FigureContext(spec_model.name, spec.seed, device, models, memo, scale=scale)
+        start = time.perf_counter()
+        with style.projector_style(), fixed_threads(threads):
             result = spec.func(ctx)
         output = result if isinstance(result, FigureOutput) else FigureOutput(result)
         date = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -227,6 +272,7 @@ def run_figures(
             },
         )
         plt.close(output.figure)
+        seconds = time.perf_counter() - start
         files = [png.name]
         if f"{spec.name}.html" in spec.outputs:
             if output.html is None:
@@ -238,9 +284,26 @@ def run_figures(
             "files": files,
             "description": spec.description,
             "results": _results_jsonable(output.results),
+            "seconds": round(seconds, 1),
+            "threads": threads,
         }
+        if scale != "full":
+            entry["scale"] = scale
         manifest["figures"][spec.name] = entry
         manifest["mechdemo_version"] = __version__
         _write_json_atomic(out / MANIFEST, manifest)  # after each figure: nothing done is lost
         written[spec.name] = entry
     return written
+
+
+def time_table(entries: dict[str, dict]) -> str:
+    """The per-figure wall times of a run, slowest first, with the total."""
+    rows = sorted(entries.items(), key=lambda kv: -kv[1].get("seconds", 0.0))
+    total = sum(e.get("seconds", 0.0) for e in entries.values())
+    width = max([len(n) for n in entries] + [6])
+    lines = [f"{'figure':<{width}}  seconds  share"]
+    for name, e in rows:
+        s = e.get("seconds", 0.0)
+        lines.append(f"{name:<{width}}  {s:7.1f}  {s / total if total else 0:5.0%}")
+    lines.append(f"{'total':<{width}}  {total:7.1f}  ({total / 60:.1f} min)")
+    return "\n".join(lines)

@@ -16,10 +16,11 @@ import torch
 from mechdemo.figures import style
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
 
-TOKENS = 48_000  # activation dataset size (the last quarter is held out)
-SHARD = 12_000
+TOKENS = 24_000  # activation dataset size (the last quarter is held out)
+SHARD = 6_000
 EXPANSION = 2
-TRAIN_SAMPLES = 100_000
+TRAIN_SAMPLES = 50_000
+SMALL = {"tokens": 6_000, "shard": 1_500, "train_samples": 4_096, "n_sequences": 2}  # the tests' small scale
 # the sparsity sweep: architecture -> SAETrainConfig fields of each run. JumpReLU's thresholds
 # move one Adam step at a time, so it gets 4x more (smaller) steps for the same samples.
 SWEEP = {
@@ -41,9 +42,10 @@ def _dataset(ctx: FigureContext):
 
     def compute():
         layer = default_layer(ctx.model_name, ctx.model.cfg.n_layers)
+        tokens = ctx.pick(TOKENS, SMALL["tokens"])
         cfg = ExtractConfig(model=ctx.model_name, layer=layer, corpus=OFFLINE_CORPUS, seq_len=128, batch_size=16,
-                            shard_size=SHARD, max_tokens=TOKENS)
-        out = cache_root() / "activations" / f"{ctx.model_name}-mlp{layer}-{OFFLINE_CORPUS}-{TOKENS}"
+                            shard_size=ctx.pick(SHARD, SMALL["shard"]), max_tokens=tokens)
+        out = cache_root() / "activations" / f"{ctx.model_name}-mlp{layer}-{OFFLINE_CORPUS}-{tokens}"
         extract(cfg, out, model=ctx.model, progress=True)
         return ActivationDataset(out, verify=True)
 
@@ -52,19 +54,24 @@ def _dataset(ctx: FigureContext):
 
 def _sweep(ctx: FigureContext) -> list[dict]:
     """Every SAE of the sweep, trained and evaluated on the held-out shard: ``[{arch, setting, sae, metrics}]``."""
-    from mechdemo.sae import SAETrainConfig, evaluate_sae, train_sae
+    from mechdemo.sae import SAETrainConfig, evaluate_saes, train_sae
 
     def compute():
         data = _dataset(ctx)
         runs = []
-        for arch, settings in SWEEP.items():
+        # small scale: the middle setting of each architecture (it holds FEATURE_SAE)
+        sweep = ctx.pick(SWEEP, {arch: settings[1:2] for arch, settings in SWEEP.items()})
+        for arch, settings in sweep.items():
             for fields in settings:
-                cfg = SAETrainConfig(architecture=arch, expansion=EXPANSION, training_tokens=TRAIN_SAMPLES,
-                                     seed=ctx.seed, **fields)
-                sae = train_sae(data, cfg, progress=True)
-                metrics = evaluate_sae(sae, data, ctx.model, n_sequences=16)
-                runs.append({"arch": arch, "setting": cfg.sparsity_setting, "fields": fields, "sae": sae,
-                             "metrics": metrics})
+                cfg = SAETrainConfig(architecture=arch, expansion=EXPANSION, seed=ctx.seed,
+                                     training_tokens=ctx.pick(TRAIN_SAMPLES, SMALL["train_samples"]), **fields)
+                runs.append({"arch": arch, "setting": cfg.sparsity_setting, "fields": fields,
+                             "sae": train_sae(data, cfg, progress=True)})
+        # the clean and zero-ablated runs of the loss evaluation are shared by the whole sweep
+        metrics = evaluate_saes([r["sae"] for r in runs], data, ctx.model,
+                                n_sequences=ctx.pick(8, SMALL["n_sequences"]))
+        for run, m in zip(runs, metrics):
+            run["metrics"] = m
         return runs
 
     return ctx.computed("sae.sweep", compute)
@@ -100,12 +107,12 @@ def sae_tradeoff(ctx: FigureContext) -> FigureOutput:
     axes[0].legend(loc="lower right")
     d_sae = EXPANSION * data.d_model
     style.suptitle(fig, f"SAE sparsity vs reconstruction, MLP {layer}", ctx.model_label,
-                   subtitle=f"{d_sae:,} features each, {TRAIN_SAMPLES:,} training samples (CPU-sized: under a minute "
+                   subtitle=f"{d_sae:,} features each, {ctx.pick(TRAIN_SAMPLES, SMALL['train_samples']):,} training samples (CPU-sized: under a minute "
                             f"per SAE). Held out: reconstruction on {runs[0]['metrics']['tokens']:,} tokens, loss on "
                             f"{runs[0]['metrics']['ce_tokens']:,} predictions. Up and left is better")
     fig.subplots_adjust(top=0.84, wspace=0.25)
     return FigureOutput(fig, results={
-        "layer": layer, "d_sae": d_sae, "train_samples": TRAIN_SAMPLES, "dataset_tokens": len(data),
+        "layer": layer, "d_sae": d_sae, "train_samples": ctx.pick(TRAIN_SAMPLES, SMALL["train_samples"]), "dataset_tokens": len(data),
         "saes": [{"architecture": r["arch"], "setting": r["setting"], **_rounded(r["metrics"])} for r in runs],
     })
 
