@@ -11,12 +11,13 @@ figure with its generator, model, results and the seconds it took.
 **Threads.** Every figure runs on exactly ``FIGURE_THREADS`` torch threads (2, or
 ``$MECHDEMO_FIGURE_THREADS``), whatever the machine's core count: reductions split over another
 number of threads round differently, and training loops (SAEs, toy models) amplify that into other
-numbers. The count is recorded in the manifest; running with another count is how the tests
-emulate another CPU's rounding.
+numbers. The count is recorded in the manifest. (SAE training pins its own count,
+``mechdemo.sae.TRAIN_THREADS``, and toy models one thread, so those results do not follow this
+setting.)
 
 **Scale.** ``run_figures(scale="full")`` computes what the deck shows. ``scale="small"`` runs the
 same code paths on small inputs (few prompts, few training steps): what ``make test`` uses to check
-every figure function end to end in seconds. A figure function reads its sizes with
+every figure function end to end (about two minutes for all of them here). A figure function reads its sizes with
 ``ctx.pick(full, small)``; small-scale numbers are never compared with the committed manifest.
 """
 
