@@ -49,6 +49,14 @@ def _print_json(data) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
+    if args.prepare:
+        from mechdemo.models import DEFAULT_MODEL, get_spec, gguf_file
+        from mechdemo.weights_cache import ensure_dequantized
+
+        spec = get_spec(DEFAULT_MODEL)
+        cached = ensure_dequantized(gguf_file(spec), spec.name)
+        print(f"{spec.name}: dequantized weights ready in {cached.path}", file=sys.stderr)
+        return 0
     from mechdemo.models import DEFAULT_MODEL, MODELS, availability
 
     rows = []
@@ -96,6 +104,9 @@ def _run_models(args: argparse.Namespace) -> int:
 @command("models", "list the registered models: size, architecture, offline availability", _run_models)
 def _configure_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--prepare", action="store_true",
+                   help="dequantize the offline default model's weights into the cache now (once per machine; "
+                        "`make setup` does it) instead of on its first load")
 
 
 # --- mechdemo figures ---------------------------------------------------------------------------
@@ -434,9 +445,11 @@ def _configure_anatomy(p: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from mechdemo.generation import generate
+    from mechdemo.generation import generate, make_chooser
     from mechdemo.models import load_model
 
+    if args.strategy != "beam":
+        make_chooser(args.strategy, args.temperature, args.k, args.p)  # wrong settings fail before the load
     model = load_model(args.model, device=args.device)
     g = generate(model, args.prompt, args.strategy, args.max_new_tokens, use_cache=not args.no_cache,
                  temperature=args.temperature, k=args.k, p=args.p, num_beams=args.num_beams, seed=args.seed)

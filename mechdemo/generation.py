@@ -67,9 +67,20 @@ def sample(logits: Float[Tensor, "vocab"], generator: torch.Generator | None = N
 
 
 def make_chooser(strategy: str, temperature: float = 1.0, k: int = 50, p: float = 0.9) -> Callable:
-    """``choose(logits, generator) -> token id`` for a single-sequence strategy."""
+    """``choose(logits, generator) -> token id`` for a single-sequence strategy.
+
+    The settings are checked here, before any generation (the filters check them again when called
+    on their own): a wrong ``p`` fails before the model is even loaded, not after the first step.
+    """
     if strategy == "greedy":
         return greedy
+    probe = torch.zeros(2)  # the filters' own checks, on a two-token vocabulary
+    if strategy in ("sample", "top-k", "top-p"):
+        sample(probe, torch.Generator().manual_seed(0), temperature)
+    if strategy == "top-k":
+        top_k_filter(probe, k)
+    if strategy == "top-p":
+        top_p_filter(probe, p)
     if strategy == "sample":
         return lambda logits, g: sample(logits, g, temperature)
     if strategy == "top-k":

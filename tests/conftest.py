@@ -15,6 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # processes with two OpenMP threads each spin against each other), and so for the mechdemo
     # subprocesses the tests start.
     os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MECHDEMO_MAX_THREADS"] = "1"  # and the counts training pins (mechdemo.threads)
     torch.set_num_threads(1)
 else:
     torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -27,6 +27,18 @@ def test_models_table_and_console_script():
     assert "smollm2-135m *" in proc.stdout and "available offline now" in proc.stdout
 
 
+def test_models_prepare_leaves_the_weights_a_load_uses(model, capsys):
+    """`make setup` runs `mechdemo models --prepare`: afterwards the offline model's dequantized
+    weights are in the cache (here already, from the session model's load: the command verifies them)."""
+    from mechdemo.models import get_spec, gguf_file
+    from mechdemo.weights_cache import ensure_dequantized
+
+    assert main(["models", "--prepare"]) == 0
+    err = capsys.readouterr().err
+    folder = ensure_dequantized(gguf_file(get_spec("smollm2-135m")), "smollm2-135m").path
+    assert str(folder) in err and folder.is_dir()
+
+
 def test_figures_list(capsys):
     assert main(["figures", "--list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

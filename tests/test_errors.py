@@ -130,16 +130,25 @@ def test_gguf_package_missing(monkeypatch):
     [
         (["figures", "--model", "gpt-3", "--out", "{tmp}"], "Unknown model 'gpt-3'"),
         (["figures", "--only", "no_such_figure", "--out", "{tmp}"], "Unknown figure(s): no_such_figure"),
-        (["figures", "--model", "gpt2", "--out", "{tmp}"], "HF_HUB_OFFLINE=1"),
     ],
 )
-def test_cli_prints_errors_without_traceback(argv, expected, tmp_path, empty_hub):
-    env_hub = str(empty_hub)
+def test_cli_prints_errors_without_traceback(argv, expected, tmp_path, capsys):
+    from mechdemo.cli import main
+
     argv = [a.replace("{tmp}", str(tmp_path / "out")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_cli_prints_a_missing_hub_model_without_traceback(tmp_path, empty_hub):
+    """Through the console entry point, with the Hub's cache empty and offline: exit 2, the fix named."""
     import os
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": env_hub}
-    proc = subprocess.run([sys.executable, "-m", "mechdemo", *argv], capture_output=True, text=True, env=env)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(empty_hub)}
+    proc = subprocess.run([sys.executable, "-m", "mechdemo", "figures", "--model", "gpt2", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 2
-    assert expected in proc.stderr
+    assert "HF_HUB_OFFLINE=1" in proc.stderr
     assert "Traceback" not in proc.stderr

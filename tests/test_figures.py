@@ -57,6 +57,7 @@ def _assert_close(new, old, path: str = "") -> None:
 
 
 @pytest.mark.full
+@pytest.mark.alone
 def test_committed_figures_are_reproduced(tmp_path, monkeypatch, model):
     """Regenerating every figure from its seed (one complete `mechdemo figures` run, into a temporary
     folder, with a fresh cache: the activation dataset is rebuilt, nothing comes from the user's

@@ -103,6 +103,20 @@ def test_cli_generate_json():
     out = json.loads(proc.stdout)
     assert "Paris" in out["text"] and out["forward_passes"] == 6 and len(out["steps"]) == 6
     assert out["steps"][0][0]["token"] == " Paris"
-    proc = subprocess.run([sys.executable, "-m", "mechdemo", "generate", "--prompt", PROMPT, "--strategy", "top-p",
-                           "--p", "1.5"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "top-p" in proc.stderr
+
+
+
+def test_cli_refuses_wrong_sampling_settings_before_loading_the_model(monkeypatch, capsys):
+    from mechdemo import models
+    from mechdemo.cli import main
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    for argv, expected in ((["--strategy", "top-p", "--p", "1.5"], "top-p needs 0 < p <= 1, got 1.5"),
+                           (["--strategy", "top-k", "--k", "0"], "top-k needs k >= 1"),
+                           (["--strategy", "sample", "--temperature", "0"], "temperature must be > 0")):
+        assert main(["generate", "--prompt", PROMPT, *argv]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err

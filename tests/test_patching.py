@@ -84,10 +84,17 @@ def test_layer_outputs_equal_manual_patches(model, random_bridge):
             assert ours[layer].item() == pytest.approx(run.metric(logits).item(), abs=ATOL)
 
 
-def test_offline_model_head_patching_equals_manual_patches(model):
+@pytest.fixture(scope="module")
+def offline_heads(model):
+    """Head patching (z) on four IOI prompts of the offline model: (batch, run, scores), computed once
+    for the tests that check it against manual patches and against attribution patching."""
     batch = ioi_batch(model, 0, 4)
     run = prepare_ioi(model, batch)
-    ours = patch_heads(run, "z")
+    return batch, run, patch_heads(run, "z")
+
+
+def test_offline_model_head_patching_equals_manual_patches(model, offline_heads):
+    batch, run, ours = offline_heads
     with torch.no_grad():
         _, clean = model.run_with_cache(batch.tokens, names_filter=lambda n: n.endswith("hook_z"))
     for layer, head in [(23, 3), (17, 4), (5, 2)]:
@@ -103,7 +110,7 @@ def test_offline_model_head_patching_equals_manual_patches(model):
 
 
 def test_patching_the_only_difference_restores_the_clean_run(model):
-    batch = ioi_batch(model, 0, 6)
+    batch = ioi_batch(model, 0, 2)
     run = prepare_ioi(model, batch)
     resid = patch_resid_pre(run)
     s2 = int(batch.positions["S2"][0])
@@ -121,11 +128,9 @@ def test_prefix_reuse_gives_the_same_results(model, random_bridge):
     torch.testing.assert_close(patch_heads(fast, "z"), patch_heads(slow, "z"), atol=ATOL, rtol=0)
 
 
-def test_attribution_patching_tracks_activation_patching(model):
-    batch = ioi_batch(model, 0, 4)
-    run = prepare_ioi(model, batch)
+def test_attribution_patching_tracks_activation_patching(model, offline_heads):
+    _, run, exact = offline_heads
     estimate = attribution_patching(run)["heads"]
-    exact = patch_heads(run, "z")
     r = torch.corrcoef(torch.stack([estimate.flatten(), exact.flatten()]))[0, 1]
     assert r > 0.9
     assert all(p.grad is None for p in model.parameters())  # no gradients left behind

@@ -182,10 +182,12 @@ def test_training_is_deterministic(dataset, trained):
     torch.testing.assert_close(again.W_dec, trained["topk"].W_dec, rtol=0, atol=0)
 
 
-def test_training_does_not_depend_on_the_callers_thread_count(dataset):
+def test_training_does_not_depend_on_the_callers_thread_count(dataset, monkeypatch):
     """Another machine runs torch on another number of threads (another reduction order): training
     pins its own count, so the same seed gives bit-identical weights either way."""
     from mechdemo.threads import fixed_threads
+
+    monkeypatch.delenv("MECHDEMO_MAX_THREADS", raising=False)  # the xdist workers' cap: the real pinned count here
 
     cfg = SAETrainConfig(architecture="relu", l1_coefficient=1.0, expansion=2, training_tokens=8_192, batch_size=512)
     trained = []
@@ -239,7 +241,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mechdemo", *args], capture_output=True, text=True)
 
 
-def test_cli_train_then_eval(model, dataset, tmp_path):
+def test_cli_train_then_eval(model, dataset, tmp_path, capsys):
     out = tmp_path / "sae"
     proc = _cli("sae", "train", "--data", str(dataset.path), "--out", str(out), "--architecture", "topk", "--k", "8",
                 "--expansion", "2", "--tokens", "8192", "--batch-size", "512", "--eval-sequences", "2", "--json")
@@ -249,9 +251,12 @@ def test_cli_train_then_eval(model, dataset, tmp_path):
     assert trained["train_config"]["k"] == 8 and m["l0"] <= 8 + 1e-6
     assert 0 < m["explained_variance"] < 1 and m["ce_spliced"] > m["ce_clean"] - 1e-3
     assert m["ce_zero_ablation"] > m["ce_clean"] and m["loss_recovered"] < 1
-    proc = _cli("sae", "eval", "--sae", str(out), "--data", str(dataset.path), "--eval-sequences", "2", "--json")
-    assert proc.returncode == 0, proc.stderr
-    evaluated = json.loads(proc.stdout)["metrics"]
+    # the rest in-process (the console entry point is exercised above): same parser, same code
+    from mechdemo.cli import main
+
+    capsys.readouterr()
+    assert main(["sae", "eval", "--sae", str(out), "--data", str(dataset.path), "--eval-sequences", "2", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["metrics"]
     for key in ("l0", "explained_variance", "dead_fraction", "ce_clean", "ce_spliced", "ce_zero_ablation"):
         assert evaluated[key] == pytest.approx(m[key], rel=1e-5, abs=1e-6), key
     # an SAE on another layer's data: a clear error, exit 2
@@ -259,5 +264,6 @@ def test_cli_train_then_eval(model, dataset, tmp_path):
     if not other.exists():
         extract(ExtractConfig(model="smollm2-135m", layer=LAYER + 1, corpus="python-docs", seq_len=64, batch_size=4,
                               shard_size=300, max_tokens=900), other, model=model, progress=False)
-    proc = _cli("sae", "eval", "--sae", str(out), "--data", str(other), "--json")
-    assert proc.returncode == 2 and "same model and layer" in proc.stderr and not proc.stdout
+    assert main(["sae", "eval", "--sae", str(out), "--data", str(other), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "same model and layer" in captured.err and not captured.out

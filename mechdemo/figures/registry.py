@@ -11,13 +11,13 @@ figure with its generator, model, results and the seconds it took.
 **Threads.** Every figure runs on exactly ``FIGURE_THREADS`` torch threads (2, or
 ``$MECHDEMO_FIGURE_THREADS``), whatever the machine's core count: reductions split over another
 number of threads round differently, and training loops (SAEs, toy models) amplify that into other
-numbers. The count is recorded in the manifest. (SAE training pins its own count,
-``mechdemo.sae.TRAIN_THREADS``, and toy models one thread, so those results do not follow this
-setting.)
+numbers. The count is recorded in the manifest. (SAE training and the extraction of its dataset pin
+``mechdemo.sae.TRAIN_THREADS``, toy models ``mechdemo.superposition.TOY_THREADS``, so those results
+do not follow this setting; ``$MECHDEMO_MAX_THREADS`` caps all of them, see :mod:`mechdemo.threads`.)
 
 **Scale.** ``run_figures(scale="full")`` computes what the deck shows. ``scale="small"`` runs the
 same code paths on small inputs (few prompts, few training steps): what ``make test`` uses to check
-every figure function end to end (about two minutes for all of them here). A figure function reads its sizes with
+every figure function end to end. A figure function reads its sizes with
 ``ctx.pick(full, small)``; small-scale numbers are never compared with the committed manifest.
 """
 
@@ -225,10 +225,10 @@ def run_figures(
     from mechdemo.figures import style
     from mechdemo.models import get_spec
 
-    from mechdemo.threads import fixed_threads
+    from mechdemo.threads import fixed_threads, max_threads
 
     spec_model = get_spec(model_name)  # validates the name before any work
-    threads = figure_threads()
+    threads = min(figure_threads(), max_threads() or figure_threads())  # what fixed_threads will use
     if scale not in SCALES:
         raise MechdemoError(f"unknown figure scale {scale!r}: choose one of {', '.join(SCALES)}")
     if scale != "full" and out_dir is None:
