@@ -50,12 +50,9 @@ def _print_json(data) -> None:
 
 def _run_models(args: argparse.Namespace) -> int:
     if args.prepare:
-        from mechdemo.models import DEFAULT_MODEL, get_spec, gguf_file
-        from mechdemo.weights_cache import ensure_dequantized
+        from mechdemo.models import DEFAULT_MODEL, dequantized_weights
 
-        spec = get_spec(DEFAULT_MODEL)
-        cached = ensure_dequantized(gguf_file(spec), spec.name)
-        print(f"{spec.name}: dequantized weights ready in {cached.path}", file=sys.stderr)
+        print(f"{DEFAULT_MODEL}: dequantized weights ready in {dequantized_weights().path}", file=sys.stderr)
         return 0
     from mechdemo.models import DEFAULT_MODEL, MODELS, availability
 

@@ -40,18 +40,31 @@ def greedy(logits: Float[Tensor, "vocab"], generator: torch.Generator | None = N
     return int(logits.argmax())
 
 
-def top_k_filter(logits: Float[Tensor, "vocab"], k: int) -> Float[Tensor, "vocab"]:
-    """Logits outside the ``k`` largest set to -inf."""
+def _check_k(k: int) -> None:
     if k < 1:
         raise MechdemoError(f"top-k needs k >= 1, got {k}")
+
+
+def _check_p(p: float) -> None:
+    if not 0 < p <= 1:
+        raise MechdemoError(f"top-p needs 0 < p <= 1, got {p}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise MechdemoError(f"temperature must be > 0 (use greedy for temperature 0), got {temperature}")
+
+
+def top_k_filter(logits: Float[Tensor, "vocab"], k: int) -> Float[Tensor, "vocab"]:
+    """Logits outside the ``k`` largest set to -inf."""
+    _check_k(k)
     kth = logits.topk(min(k, logits.numel())).values[-1]
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
 def top_p_filter(logits: Float[Tensor, "vocab"], p: float) -> Float[Tensor, "vocab"]:
     """Nucleus: keep the smallest set of most probable tokens whose probability reaches ``p``."""
-    if not 0 < p <= 1:
-        raise MechdemoError(f"top-p needs 0 < p <= 1, got {p}")
+    _check_p(p)
     sorted_logits, order = logits.sort(descending=True)
     cumulative = sorted_logits.softmax(-1).cumsum(-1)
     remove = cumulative - sorted_logits.softmax(-1) >= p  # tokens after the nucleus is complete
@@ -60,8 +73,7 @@ def top_p_filter(logits: Float[Tensor, "vocab"], p: float) -> Float[Tensor, "voc
 
 def sample(logits: Float[Tensor, "vocab"], generator: torch.Generator | None = None, temperature: float = 1.0) -> int:
     """Draw from ``softmax(logits / temperature)``."""
-    if temperature <= 0:
-        raise MechdemoError(f"temperature must be > 0 (use greedy for temperature 0), got {temperature}")
+    _check_temperature(temperature)
     probs = (logits.float() / temperature).softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -69,18 +81,17 @@ def sample(logits: Float[Tensor, "vocab"], generator: torch.Generator | None = N
 def make_chooser(strategy: str, temperature: float = 1.0, k: int = 50, p: float = 0.9) -> Callable:
     """``choose(logits, generator) -> token id`` for a single-sequence strategy.
 
-    The settings are checked here, before any generation (the filters check them again when called
-    on their own): a wrong ``p`` fails before the model is even loaded, not after the first step.
+    The settings are checked here, before any generation (the filters and :func:`sample` check them
+    too when called on their own): a wrong ``p`` fails before the model is even loaded.
     """
     if strategy == "greedy":
         return greedy
-    probe = torch.zeros(2)  # the filters' own checks, on a two-token vocabulary
     if strategy in ("sample", "top-k", "top-p"):
-        sample(probe, torch.Generator().manual_seed(0), temperature)
+        _check_temperature(temperature)
     if strategy == "top-k":
-        top_k_filter(probe, k)
+        _check_k(k)
     if strategy == "top-p":
-        top_p_filter(probe, p)
+        _check_p(p)
     if strategy == "sample":
         return lambda logits, g: sample(logits, g, temperature)
     if strategy == "top-k":

@@ -378,15 +378,13 @@ def _load_hub_model(spec: ModelSpec, dtype: torch.dtype, device_map: Any):
 def _load_gguf_model(spec: ModelSpec, dtype: torch.dtype, device_map: Any):
     from transformers import AutoModelForCausalLM
 
-    from mechdemo.weights_cache import ensure_dequantized
-
     try:
         import gguf  # noqa: F401  (transformers needs it to read GGUF files)
     except ImportError:
         raise MissingPackageError(
             f"Reading {spec.name}'s GGUF file needs the package 'gguf': {sys.executable} -m pip install gguf"
         ) from None
-    cached = ensure_dequantized(gguf_file(spec), spec.name)
+    cached = dequantized_weights(spec.name)
     tokenizer = _tokenizer_from_folder(spec, cached.path)
     model = AutoModelForCausalLM.from_pretrained(
         cached.path, dtype=dtype, attn_implementation="eager", device_map=device_map, local_files_only=True
@@ -481,12 +479,18 @@ def offline_vocab_size() -> int:
     return get_spec(DEFAULT_MODEL).architecture.d_vocab
 
 
-def offline_tokenizer():
-    """The offline default model's tokenizer, loaded from its cache folder."""
+def dequantized_weights(name: str = DEFAULT_MODEL):
+    """The cached, verified dequantized weights of a GGUF-packaged model (built on the first call):
+    a :class:`mechdemo.weights_cache.CachedWeights`."""
     from mechdemo.weights_cache import ensure_dequantized
 
-    spec = get_spec(DEFAULT_MODEL)
-    return _tokenizer_from_folder(spec, ensure_dequantized(gguf_file(spec), spec.name).path)
+    spec = get_spec(name)
+    return ensure_dequantized(gguf_file(spec), spec.name)
+
+
+def offline_tokenizer():
+    """The offline default model's tokenizer, loaded from its cache folder."""
+    return _tokenizer_from_folder(get_spec(DEFAULT_MODEL), dequantized_weights().path)
 
 
 def _tokenizer_from_folder(spec: ModelSpec, folder: Path):

@@ -113,10 +113,7 @@ class ToyModel(nn.Module):
 
     def loss(self, x: Tensor, x_hat: Tensor) -> Tensor:
         """Importance-weighted MSE, averaged over batch and features, summed over instances."""
-        squared = (x - x_hat).square()
-        if self.weighted:
-            squared = self.importance * squared
-        return squared.mean(dim=(1, 2)).sum()
+        return per_instance_loss(self, x, x_hat).sum()
 
 
 def train_toy_model(
@@ -183,4 +180,7 @@ def cosine_matrix(W: Float[Tensor, "instances hidden features"]) -> Float[Tensor
 
 def per_instance_loss(model: ToyModel, x: Tensor, x_hat: Tensor) -> Float[Tensor, "instances"]:
     """The loss of each instance separately (importance-weighted MSE)."""
-    return (model.importance * (x - x_hat) ** 2).mean(dim=(1, 2))
+    squared = (x - x_hat).square()
+    if model.weighted:
+        squared = model.importance * squared
+    return squared.mean(dim=(1, 2))

@@ -27,7 +27,7 @@ def fixed_threads(n: int = 1) -> Iterator[None]:
     restore the previous count."""
     if n < 1:
         raise ValueError(f"thread count must be positive, got {n}")
-    n = min(n, max_threads() or n)
+    n = capped(n)
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -44,3 +44,8 @@ def max_threads() -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"MECHDEMO_MAX_THREADS must be a positive integer, not {value!r}")
     return int(value)
+
+
+def capped(n: int) -> int:
+    """The thread count :func:`fixed_threads` uses for ``n``: ``n``, at most ``$MECHDEMO_MAX_THREADS``."""
+    return min(n, max_threads() or n)

@@ -30,13 +30,12 @@ def test_models_table_and_console_script():
 def test_models_prepare_leaves_the_weights_a_load_uses(model, capsys):
     """`make setup` runs `mechdemo models --prepare`: afterwards the offline model's dequantized
     weights are in the cache (here already, from the session model's load: the command verifies them)."""
-    from mechdemo.models import get_spec, gguf_file
-    from mechdemo.weights_cache import ensure_dequantized
+    from mechdemo.weights_cache import cache_root
 
     assert main(["models", "--prepare"]) == 0
     err = capsys.readouterr().err
-    folder = ensure_dequantized(gguf_file(get_spec("smollm2-135m")), "smollm2-135m").path
-    assert str(folder) in err and folder.is_dir()
+    folder = model.original_model.name_or_path  # where the session model was loaded from
+    assert str(folder) in err and str(cache_root()) in str(folder)
 
 
 def test_figures_list(capsys):

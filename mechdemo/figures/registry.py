@@ -46,6 +46,12 @@ SCALES = ("full", "small")
 FIGURE_THREADS = 2
 
 
+def check_scale(scale: str) -> None:
+    """A clear error unless ``scale`` is one of :data:`SCALES`."""
+    if scale not in SCALES:
+        raise MechdemoError(f"unknown figure scale {scale!r}: choose one of {', '.join(SCALES)}")
+
+
 def figure_threads() -> int:
     """Torch threads of a figure run: ``$MECHDEMO_FIGURE_THREADS`` or :data:`FIGURE_THREADS`."""
     value = os.environ.get("MECHDEMO_FIGURE_THREADS", str(FIGURE_THREADS))
@@ -105,8 +111,7 @@ class FigureContext:
 
     def __init__(self, model_name: str, seed: int, device: str | None, models: dict, memo: dict | None = None,
                  scale: str = "full"):
-        if scale not in SCALES:
-            raise MechdemoError(f"unknown figure scale {scale!r}: choose one of {', '.join(SCALES)}")
+        check_scale(scale)
         self.model_name = model_name
         self.seed = seed
         self.device = device
@@ -225,12 +230,11 @@ def run_figures(
     from mechdemo.figures import style
     from mechdemo.models import get_spec
 
-    from mechdemo.threads import fixed_threads, max_threads
+    from mechdemo.threads import capped, fixed_threads
 
     spec_model = get_spec(model_name)  # validates the name before any work
-    threads = min(figure_threads(), max_threads() or figure_threads())  # what fixed_threads will use
-    if scale not in SCALES:
-        raise MechdemoError(f"unknown figure scale {scale!r}: choose one of {', '.join(SCALES)}")
+    threads = capped(figure_threads())  # what fixed_threads will use
+    check_scale(scale)  # before the model loads
     if scale != "full" and out_dir is None:
         raise MechdemoError(f"--scale {scale} figures are not the deck's: give them their own folder with --out DIR")
     specs = select(names)

@@ -36,6 +36,10 @@ ARCH_LABEL = {"topk": "TopK", "relu": "ReLU + L1", "jumprelu": "JumpReLU"}
 ARCH_COLOUR = {"topk": style.BLUE, "relu": style.ORANGE, "jumprelu": style.GREEN}
 
 
+def _train_samples(ctx: FigureContext) -> int:
+    return ctx.pick(TRAIN_SAMPLES, SMALL["train_samples"])
+
+
 def _dataset(ctx: FigureContext):
     """The cached activation dataset of the middle layer (built on first use)."""
     from mechdemo.corpus import OFFLINE_CORPUS
@@ -65,7 +69,7 @@ def _train_setting(ctx: FigureContext, arch: str, fields: dict):
 
     def compute():
         cfg = SAETrainConfig(architecture=arch, expansion=EXPANSION, seed=ctx.seed,
-                             training_tokens=ctx.pick(TRAIN_SAMPLES, SMALL["train_samples"]), **fields)
+                             training_tokens=_train_samples(ctx), **fields)
         return cfg, train_sae(_dataset(ctx), cfg, progress=True)
 
     return ctx.computed(f"sae.{arch}.{sorted(fields.items())}", compute)
@@ -202,11 +206,11 @@ def sae_tradeoff(ctx: FigureContext) -> FigureOutput:
     axes[0].legend(loc="lower right")
     d_sae = EXPANSION * data.d_model
     style.suptitle(fig, f"SAE sparsity vs reconstruction, MLP {layer}", ctx.model_label,
-                   subtitle=f"{d_sae:,} features each, {ctx.pick(TRAIN_SAMPLES, SMALL['train_samples']):,} training samples (CPU-sized: under a minute "
+                   subtitle=f"{d_sae:,} features each, {_train_samples(ctx):,} training samples (CPU-sized: under a minute "
                             f"per SAE). Held out: reconstruction on {runs[0]['metrics']['tokens']:,} tokens, loss on "
                             f"{runs[0]['metrics']['ce_tokens']:,} predictions. Up and left is better")
     fig.subplots_adjust(top=0.84, wspace=0.25)
     return FigureOutput(fig, results={
-        "layer": layer, "d_sae": d_sae, "train_samples": ctx.pick(TRAIN_SAMPLES, SMALL["train_samples"]), "dataset_tokens": len(data),
+        "layer": layer, "d_sae": d_sae, "train_samples": _train_samples(ctx), "dataset_tokens": len(data),
         "saes": [{"architecture": r["arch"], "setting": r["setting"], **_rounded(r["metrics"])} for r in runs],
     })

@@ -91,7 +91,7 @@ def superposition_figure(ctx: FigureContext) -> FigureOutput:
     })
 
 
-def _paired_models(seed: int, p: float, n_instances: int = 4, steps: int = 5_000) -> dict[str, ToyModel]:
+def _paired_models(seed: int, p: float, steps: int, n_instances: int = 4) -> dict[str, ToyModel]:
     models = {}
     for name, cfg in (("correlated", ToyConfig(4, 2, n_instances, n_correlated_pairs=2)),
                       ("anticorrelated", ToyConfig(4, 2, n_instances, n_anticorrelated_pairs=2))):
