@@ -4,8 +4,10 @@
 //  1. Numbers: `{{figure.path|format}}` is replaced by a result that `make figures` wrote to
 //     img/manifest.json (e.g. `{{repeated_seq.mean_loss_second_half|.2f}}`), formatted for the
 //     deck's language. A missing figure or key stops the build, naming the deck and line.
-//  2. Figures: `../img/x.png` becomes `img/x.png` and the figure is copied to slides/dist/img/,
-//     so slides/dist works on its own (the HTML links to it, the PDF embeds it).
+//  2. Figures: `../img/es/x.png` becomes `img/es/x.png` and the figure is copied to slides/dist/img/,
+//     so slides/dist works on its own (the HTML links to it, the PDF embeds it). Each deck shows
+//     the figures drawn in its language (img/<lang>/, see mechdemo.figures.i18n): a deck that
+//     shows another language's figure stops the build.
 //  3. Interactive figures (HTML build only): a figure whose manifest entry also lists an .html
 //     page (CircuitsVis) is shown as that page in an <iframe>; the PDF keeps the static PNG.
 // Chromium comes from the system (CHROME_PATH); marp-cli adds --no-sandbox itself as root.
@@ -18,7 +20,7 @@ import { fileURLToPath } from 'node:url'
 
 const slides = path.dirname(fileURLToPath(import.meta.url))
 const root = path.dirname(slides)
-const dist = path.join(slides, 'dist')
+const dist = process.env.SLIDES_DIST ? path.resolve(process.env.SLIDES_DIST) : path.join(slides, 'dist') // SLIDES_DIST: build elsewhere
 const theme = path.join(slides, 'theme.css')
 const manifestPath = path.join(root, 'img', 'manifest.json')
 
@@ -103,11 +105,15 @@ for (const entry of Object.values(figures)) {
 function copyFigure(file, deck) {
   const from = path.join(root, 'img', file)
   if (!fs.existsSync(from)) throw new Error(`${deck}: img/${file} does not exist: run \`make figures\``)
+  const lang = deck.split('.')[1]
+  const folder = file.split('/').at(-2)
+  if (folder !== lang) throw new Error(`${deck}: img/${file} is not a figure drawn in "${lang}": use img/${lang}/${path.basename(file)}`)
+  fs.mkdirSync(path.dirname(path.join(dist, 'img', file)), { recursive: true })
   fs.copyFileSync(from, path.join(dist, 'img', file))
 }
 
 function forHtml(source) {
-  return source.replace(/!\[[^\]]*\]\(img\/([\w.-]+\.png)\)/g, (image, png) => {
+  return source.replace(/!\[[^\]]*\]\(img\/([\w.\/-]+\.png)\)/g, (image, png) => {
     const page = interactive.get(png)
     if (!page) return image
     return `<iframe class="interactive" src="img/${page}" title="${page}"></iframe>`
@@ -127,9 +133,9 @@ for (const deck of decks) {
     fs.writeFileSync(path.join(dist, `${name}.md`), resolved)
     continue
   }
-  for (const [, file] of resolved.matchAll(/img\/([\w.-]+\.(?:png|html))/g)) copyFigure(file, deck)
+  for (const [, file] of resolved.matchAll(/img\/([\w.\/-]+\.(?:png|html))/g)) copyFigure(file, deck)
   const html = forHtml(resolved)
-  for (const [, page] of html.matchAll(/src="img\/([\w.-]+\.html)"/g)) copyFigure(page, deck)
+  for (const [, page] of html.matchAll(/src="img\/([\w.\/-]+\.html)"/g)) copyFigure(page, deck)
 
   // The PDF build reads the resolved source (kept in dist/ for inspection), the HTML build its
   // interactive variant; both sit in dist/ so that img/ resolves next to them.

@@ -25,14 +25,16 @@ def test_cli_writes_png_with_provenance_and_manifest(tmp_path):
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    png = out / "transformer_decoder.png"
-    assert png.stat().st_size > 50_000
-    prov = read_provenance(png)
-    assert prov["figure"] == "transformer_decoder"
+    for lang in ("es", "en"):
+        png = out / lang / "transformer_decoder.png"
+        assert png.stat().st_size > 50_000
+        prov = read_provenance(png)
+        assert prov["figure"] == "transformer_decoder" and prov["language"] == lang
     assert prov["model"] == DEFAULT_MODEL
     assert prov["seed"] == 0 and prov["mechdemo_version"] == __version__ and prov["date"]
     entry = read_manifest(out)["figures"]["transformer_decoder"]
-    assert entry["files"] == ["transformer_decoder.png"]
+    assert entry["files"] == ["es/transformer_decoder.png", "en/transformer_decoder.png"]
+    assert entry["languages"] == ["es", "en"] and entry["min_font_pt"] >= 18
     assert entry["generator"] == "mechdemo.figures.architecture:transformer_decoder"
     assert entry["model"] == DEFAULT_MODEL
     # the numbers on the figure are the loaded model's
@@ -75,18 +77,21 @@ def test_committed_figures_are_reproduced(tmp_path, monkeypatch, model):
 
 def test_img_is_in_sync_with_the_registry():
     """Every PNG in img/ comes from a registered figure, and every registered figure is in img/."""
+    from mechdemo.figures.i18n import LANGUAGES
+
     registered = {f for spec in FIGURES.values() for f in spec.outputs}
-    present = {p.name for p in IMG.iterdir() if p.suffix in (".png", ".html")}
+    present = {str(p.relative_to(IMG)) for p in IMG.rglob("*") if p.suffix in (".png", ".html")
+               and p.relative_to(IMG).parts[0] in LANGUAGES + (p.name,)}  # not img/<other model>/
     assert present - registered == set(), "files in img/ that no registered figure writes"
     assert registered - present == set(), "registered figures missing from img/: run `make figures`"
     manifest = read_manifest(IMG)["figures"]
     assert set(manifest) == set(FIGURES)
     for name, entry in manifest.items():
         assert entry["generator"] == FIGURES[name].generator
-        png = IMG / f"{name}.png"
-        prov = read_provenance(png)
-        assert prov["figure"] == name
-        assert prov["model"] == (DEFAULT_MODEL if FIGURES[name].needs_model else None)
+        for lang in LANGUAGES:
+            prov = read_provenance(IMG / lang / f"{name}.png")
+            assert prov["figure"] == name and prov["language"] == lang
+            assert prov["model"] == (DEFAULT_MODEL if FIGURES[name].needs_model else None)
 
 
 def test_every_figure_runs_end_to_end_at_small_scale(tmp_path, monkeypatch, model):
@@ -102,7 +107,9 @@ def test_every_figure_runs_end_to_end_at_small_scale(tmp_path, monkeypatch, mode
         assert entry["scale"] == "small" and entry["seconds"] > 0
         for f in entry["files"]:
             assert (out / f).stat().st_size > 10_000, f
-        assert read_provenance(out / f"{name}.png")["figure"] == name
+        assert read_provenance(out / "es" / f"{name}.png")["language"] == "es"
+        # drawn in each language: the Spanish and English pictures differ (their text does)
+        assert (out / "es" / f"{name}.png").read_bytes() != (out / "en" / f"{name}.png").read_bytes(), name
         # the small run reports the same quantities as the committed full run
         assert set(entry["results"]) == set(committed[name]["results"]), name
     assert set(read_manifest(out)["figures"]) == set(FIGURES)
@@ -126,6 +133,72 @@ def test_time_table_lists_every_figure_and_the_total():
     lines = table.splitlines()
     assert lines[1].startswith("b") and "75%" in lines[1] and lines[2].startswith("a")
     assert lines[-1].split()[:2] == ["total", "4.0"]
+
+
+def test_figure_text_is_translated_and_numbers_follow_the_language():
+    from mechdemo.figures.i18n import MissingTranslation, language, num, tr
+
+    with language("es"):
+        assert tr("head") == "head" and tr("layer") == "capa"
+        assert num(0.5, ".2f") == "0,50" and num(49152, ",d") == "49.152"
+        with pytest.raises(MissingTranslation, match="i18n.py"):
+            tr("a string nobody translated")
+    with language("en"):
+        assert tr("a string nobody translated") == "a string nobody translated"
+        assert num(0.5, ".2f") == "0.50" and num(49152, ",d") == "49,152"
+
+
+def test_spanish_ticks_have_decimal_commas():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mechdemo.figures.i18n import language, localize_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 0.5])
+    with language("es"):
+        localize_ticks(fig)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    plt.close(fig)
+    assert any("," in label for label in labels) and not any("." in label for label in labels), labels
+
+
+def test_the_registry_refuses_text_too_small_for_the_slide(tmp_path, monkeypatch):
+    """A figure whose smallest text would be under 18 px on the slide is not written."""
+    from mechdemo.figures import registry
+    from mechdemo.figures.registry import FigureOutput, FigureTextTooSmall
+    from mechdemo.figures.style import SLIDE
+
+    def tiny(ctx):
+        def draw():
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=SLIDE)
+            ax.set_title("fine", fontsize=24)
+            ax.tick_params(labelsize=10)  # 10 px on the slide
+            return fig
+
+        return FigureOutput(draw)
+
+    monkeypatch.setitem(registry.FIGURES, "tiny", registry.FigureSpec("tiny", tiny, ("es/tiny.png", "en/tiny.png"),
+                                                                      False, 0, "too small"))
+    with pytest.raises(FigureTextTooSmall, match="10 pt"):
+        run_figures(["tiny"], out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "es" / "tiny.png").exists()
+
+
+def test_a_run_of_every_figure_forgets_figures_no_longer_registered(tmp_path, monkeypatch):
+    from mechdemo.figures import registry
+
+    (tmp_path / "es").mkdir()
+    (tmp_path / "es" / "old.png").write_bytes(b"png")
+    (tmp_path / "manifest.json").write_text(json.dumps({"figures": {"old": {"files": ["es/old.png"]}}}))
+    monkeypatch.setattr(registry, "FIGURES", {})
+    run_figures(out_dir=tmp_path, progress=False)
+    assert read_manifest(tmp_path)["figures"] == {} and not (tmp_path / "es" / "old.png").exists()
 
 
 def test_small_scale_needs_its_own_folder():

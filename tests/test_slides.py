@@ -26,7 +26,7 @@ CHROMIUM = os.environ.get("CHROME_PATH") or shutil.which("chromium") or shutil.w
 
 DIRECTIVE = re.compile(r"^\s*_?(class|paginate|footer|header|backgroundColor|color)\s*:")
 COMMENT = re.compile(r"<!--(.*?)-->", re.S)
-IMAGE = re.compile(r"!\[[^\]]*\]\(\.\./img/([\w.-]+)\)")
+IMAGE = re.compile(r"!\[[^\]]*\]\(\.\./img/([\w./-]+)\)")
 PLACEHOLDER = re.compile(r"\{\{[^}]*\}\}")
 
 
@@ -76,10 +76,14 @@ def test_every_figure_is_registered_and_its_caption_names_the_model(deck):
     from mechdemo.models import get_spec
 
     _, slides = split_slides(deck.read_text(encoding="utf-8"))
+    lang = deck.name.split(".")[1]
     shown = 0
     for i, slide in enumerate(slides, 1):
         for file in IMAGE.findall(slide):
             shown += 1
+            assert file.startswith(f"{lang}/"), f"{deck.name} slide {i}: img/{file} is not drawn in {lang!r} (img/{lang}/)"
+            assert not re.search(r"!\[[^\]]*(w|h|width|height):", slide), (
+                f"{deck.name} slide {i}: an image with a size in the Markdown (the theme's figure box sizes it)")
             assert (IMG / file).is_file(), f"{deck.name} slide {i}: img/{file} does not exist"
             owner = [name for name, entry in MANIFEST.items() if file in entry["files"]]
             assert owner and owner[0] in FIGURES and file in FIGURES[owner[0]].outputs, (
@@ -98,7 +102,7 @@ def test_english_and_spanish_decks_match_slide_for_slide():
     def shape(deck: str):
         front, slides = split_slides((SLIDES / deck).read_text(encoding="utf-8"))
         keys = sorted(re.findall(r"^(\w+):", front, re.M))
-        return keys, [(IMAGE.findall(s), directives(s), Counter(PLACEHOLDER.findall(s)),
+        return keys, [([f.split("/")[-1] for f in IMAGE.findall(s)], directives(s), Counter(PLACEHOLDER.findall(s)),
                        s.count("$$"), len(re.findall(r"^```", s, re.M))) for s in slides]
 
     es_keys, es = shape("deck.es.md")
@@ -268,3 +272,87 @@ def best_match(shot, figure, factor: int = 8) -> float:
             for x in range(small.shape[1] - width + 1):
                 best = max(best, float((standardise(small[y:y + height, x:x + width]) * t).mean()))
     return best
+
+
+# ---- what a person sees: every slide rendered at 1280 x 720 --------------------------------------
+
+MEASURE = """<script>
+window.addEventListener('load', () => {
+  const slides = [...document.querySelectorAll('svg[data-marpit-svg] > foreignObject > section')]
+  const report = slides.map((section, i) => {
+    const box = section.getBoundingClientRect()
+    const scale = box.width / 1280
+    const images = [...section.querySelectorAll('img')].map((img) => {
+      const r = img.getBoundingClientRect()
+      return { src: img.getAttribute('src'), width: r.width / scale, height: r.height / scale,
+               naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight }
+    })
+    return { slide: i + 1, scrollHeight: section.scrollHeight, clientHeight: section.clientHeight,
+             scrollWidth: section.scrollWidth, clientWidth: section.clientWidth, images }
+  })
+  const pre = document.createElement('pre')
+  pre.id = 'mechdemo-report'
+  pre.textContent = JSON.stringify(report)
+  document.body.appendChild(pre)
+})
+</script>"""
+
+
+def rendered_slides(lang: str, env: dict, tmp_path: Path) -> list[dict]:
+    """Every slide of the built deck as Chromium lays it out at 1280 x 720: each section's content
+    height against its box, each image's rendered size against its PNG's (Marp's bare template
+    shows all slides; a script in the page measures them and headless Chromium dumps the DOM)."""
+    page = DIST / f".measure.{lang}.html"
+    try:
+        proc = subprocess.run(
+            ["npx", "--no-install", "marp", str(DIST / f"deck.{lang}.md"), "--template", "bare",
+             "--theme-set", str(SLIDES / "theme.css"), "--allow-local-files", "--html", "-o", str(page)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        page.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+        dom = subprocess.run(
+            [env["CHROME_PATH"], "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1280,720", "--allow-file-access-from-files", "--virtual-time-budget=20000",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=300)
+    finally:
+        page.unlink(missing_ok=True)
+    found = re.search(r'<pre id="mechdemo-report">(.*?)</pre>', dom.stdout, re.S)
+    assert found, f"no measurements from Chromium: {dom.stderr[-2000:]}"
+    import html
+
+    return json.loads(html.unescape(found.group(1)))
+
+
+@FULL
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_rendered_slides_fit_and_figures_are_readable(built, lang, tmp_path):
+    """At 1280 x 720: (a) no figure is stretched (rendered aspect ratio within 2 % of its PNG's),
+    (b) no slide's content overflows its box, (c) no figure's text is under 18 px: the figure's
+    smallest font (pt, recorded by the registry) times its rendered width over its width in
+    inches."""
+    from mechdemo.figures.style import MIN_TEXT_PX
+
+    slides = rendered_slides(lang, built, tmp_path)
+    _, sources = split_slides((SLIDES / f"deck.{lang}.md").read_text(encoding="utf-8"))
+    assert len(slides) == len(sources)
+    by_file = {f: entry for entry in MANIFEST.values() for f in entry["files"]}
+    problems = []
+    for s in slides:
+        where = f"deck.{lang} slide {s['slide']}"
+        if s["scrollHeight"] > s["clientHeight"] + 1 or s["scrollWidth"] > s["clientWidth"] + 1:
+            problems.append(f"{where}: content overflows ({s['scrollWidth']} x {s['scrollHeight']} px in a "
+                            f"{s['clientWidth']} x {s['clientHeight']} px slide)")
+        for img in s["images"]:
+            assert img["naturalWidth"] > 0, f"{where}: {img['src']} did not load"
+            shown = img["width"] / img["height"]
+            natural = img["naturalWidth"] / img["naturalHeight"]
+            if abs(shown / natural - 1) > 0.02:
+                problems.append(f"{where}: {img['src']} is distorted (shown {shown:.3f}, PNG {natural:.3f})")
+            entry = by_file.get(img["src"].removeprefix("img/"))
+            if entry is None:
+                continue  # not a registered figure (none are, today)
+            px = entry["min_font_pt"] / 72 * img["width"] / entry["size_in"][0]
+            if px < MIN_TEXT_PX - 0.5:
+                problems.append(f"{where}: {img['src']}'s smallest text is {px:.1f} px (floor {MIN_TEXT_PX} px)")
+    assert not problems, "\n".join(problems)

@@ -1,12 +1,25 @@
 """The figure registry: one registered function per figure; the registry writes the files.
 
 A figure function takes a :class:`FigureContext` (the model, loaded once per run and shared by
-every figure that needs it; the seed; the output folder) and returns a matplotlib ``Figure`` or a
-:class:`FigureOutput` (the figure, optionally a self-contained HTML page and the numbers the deck
-may cite). It computes with the analysis modules and draws with :mod:`mechdemo.figures.style`; it
-never writes files. :func:`run_figures` does: PNG files carry their provenance in PNG text chunks
-(figure, model, seed, mechdemo version, date), and ``manifest.json`` beside them lists every
-figure with its generator, model, results and the seconds it took.
+every figure that needs it; the seed; the output folder) and returns a :class:`FigureOutput`: the
+numbers the deck may cite, a ``draw()`` callable that draws the figure from them, optionally an
+``html()`` page. It computes with the analysis modules and draws with
+:mod:`mechdemo.figures.style`; it never writes files.
+
+**Compute once, draw in every language.** :func:`run_figures` calls the figure function once,
+then ``draw()`` once per language of :data:`mechdemo.figures.i18n.LANGUAGES`, with the text of
+the translation table (:func:`mechdemo.figures.i18n.tr`): ``img/es/<name>.png`` for the Spanish
+deck, ``img/en/<name>.png`` for the English one (and ``<lang>/<name>.html``). Analyses that
+several figures show are computed once per run (:meth:`FigureContext.computed`) and each figure
+draws its part: one message per figure, one computation per analysis.
+
+**Made for the slide.** The registry refuses a figure whose smallest text would be under
+:data:`mechdemo.figures.style.MIN_TEXT_PX` on the slide, and records each figure's size (inches)
+and smallest font (pt) in the manifest, which the deck's render test checks against the slide.
+
+PNG files carry their provenance in PNG text chunks (figure, language, model, seed, mechdemo
+version, date), and ``manifest.json`` lists every figure with its generator, model, files,
+results and the seconds it took.
 
 **Threads.** Every figure runs on exactly ``FIGURE_THREADS`` torch threads (2, or
 ``$MECHDEMO_FIGURE_THREADS``), whatever the machine's core count: reductions split over another
@@ -23,6 +36,7 @@ every figure function end to end. A figure function reads its sizes with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -62,11 +76,20 @@ def figure_threads() -> int:
 
 @dataclass
 class FigureOutput:
-    """What a figure function returns when it has more than a matplotlib figure."""
+    """What a figure function returns: how to draw it, and the numbers the deck may cite.
 
-    figure: Any  # matplotlib.figure.Figure
-    html: str | None = None  # a self-contained page (no network), written as <name>.html
+    ``draw()`` returns a matplotlib ``Figure``; the registry calls it once per language (text
+    through :func:`mechdemo.figures.i18n.tr`). ``html()`` returns a self-contained page (no
+    network), written as ``<lang>/<name>.html``, also once per language.
+    """
+
+    draw: Callable[[], Any]
+    html: Callable[[], str] | None = None
     results: dict[str, Any] = field(default_factory=dict)  # JSON-able numbers the deck may cite
+
+
+class FigureTextTooSmall(MechdemoError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -94,12 +117,13 @@ def figure(
     needs_model: bool = True,
     seed: int = 0,
 ) -> Callable:
-    """Register ``func`` as the generator of ``img/<name>.png`` (and ``<name>.html`` if ``html``)."""
+    """Register ``func`` as the generator of ``img/<lang>/<name>.png`` (and ``.html`` if ``html``)."""
+    from mechdemo.figures.i18n import LANGUAGES
 
     def register(func: Callable) -> Callable:
         if name in FIGURES:
             raise ValueError(f"figure {name!r} is registered twice")
-        outputs = (f"{name}.png",) + ((f"{name}.html",) if html else ())
+        outputs = tuple(f"{lang}/{name}.{ext}" for lang in LANGUAGES for ext in ("png",) + (("html",) if html else ()))
         FIGURES[name] = FigureSpec(name, func, outputs, needs_model, seed, description)
         return func
 
@@ -157,6 +181,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_text_size(fig, name: str) -> tuple[tuple[float, float], float]:
+    """(size in inches, smallest font in pt) of a drawn figure; an error if text is too small."""
+    from mechdemo.figures import style
+
+    size = tuple(round(float(x), 3) for x in fig.get_size_inches())
+    points, text = style.smallest_text(fig)
+    px = points / 72 * style.shown_px_per_inch(size)
+    if px < style.MIN_TEXT_PX - 1e-6:
+        raise FigureTextTooSmall(
+            f"figure {name}: text {text!r} is {points:g} pt, {px:.1f} px on the slide (figure {size[0]:g} x "
+            f"{size[1]:g} in); the floor is {style.MIN_TEXT_PX} px: enlarge the font or shrink the figure"
+        )
+    return size, float(points)
+
+
 def default_out_dir(model_name: str) -> Path:
     """``img/`` of the source tree for the default model; ``img/<model>/`` for any other."""
     from mechdemo.models import DEFAULT_MODEL
@@ -170,6 +209,20 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Exclusive lock of ``out``'s manifest: two runs writing into one folder (two terminals, two
+    ``--only`` runs side by side) each add their entries instead of overwriting the other's."""
+    import fcntl
+
+    with open(out / ".manifest.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_manifest(out_dir: Path) -> dict:
@@ -228,6 +281,7 @@ def run_figures(
     from tqdm.auto import tqdm
 
     from mechdemo.figures import style
+    from mechdemo.figures.i18n import LANGUAGES, language, localize_ticks
     from mechdemo.models import get_spec
 
     from mechdemo.threads import capped, fixed_threads
@@ -240,8 +294,8 @@ def run_figures(
     specs = select(names)
     out = Path(out_dir) if out_dir is not None else default_out_dir(spec_model.name)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(out)
-    manifest.setdefault("figures", {})
+    if names is None:
+        _forget_unregistered(out)
     models = dict(models or {})
     memo: dict = {}
     written: dict[str, dict] = {}
@@ -252,41 +306,56 @@ def run_figures(
         ctx = FigureContext(spec_model.name, spec.seed, device, models, memo, scale=scale)
         start = time.perf_counter()
         with style.projector_style(), fixed_threads(threads):
-            result = spec.func(ctx)
-        output = result if isinstance(result, FigureOutput) else FigureOutput(result)
-        date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        model = spec_model.name if spec.needs_model else None
-        provenance = {
-            "figure": spec.name,
-            "model": model,
-            "seed": spec.seed,
-            "mechdemo_version": __version__,
-            "generator": spec.generator,
-            "date": date,
-        }
-        png = out / f"{spec.name}.png"
-        output.figure.savefig(
-            png,
-            dpi=style.DPI,
-            metadata={
-                "Title": f"{spec.name}" + (f" ({spec_model.display_name})" if model else ""),
-                "Software": f"mechdemo {__version__}",
-                "Source": spec.generator,
-                "Creation Time": date,
-                "mechdemo": json.dumps(provenance),
-            },
-        )
-        plt.close(output.figure)
+            output = spec.func(ctx)
+            if not isinstance(output, FigureOutput):
+                raise TypeError(f"figure {spec.name} must return a FigureOutput(draw=..., results=...)")
+            date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            model = spec_model.name if spec.needs_model else None
+            provenance = {
+                "figure": spec.name,
+                "model": model,
+                "seed": spec.seed,
+                "mechdemo_version": __version__,
+                "generator": spec.generator,
+                "date": date,
+            }
+            files, sizes, smallest = [], set(), []
+            for lang in LANGUAGES:
+                (out / lang).mkdir(exist_ok=True)
+                with language(lang):
+                    fig = output.draw()
+                    localize_ticks(fig)
+                    size, points = check_text_size(fig, f"{spec.name} ({lang})")
+                    png = out / lang / f"{spec.name}.png"
+                    fig.savefig(
+                        png,
+                        dpi=style.DPI,
+                        metadata={
+                            "Title": f"{spec.name}" + (f" ({spec_model.display_name})" if model else ""),
+                            "Software": f"mechdemo {__version__}",
+                            "Source": spec.generator,
+                            "Creation Time": date,
+                            "mechdemo": json.dumps({**provenance, "language": lang}),
+                        },
+                    )
+                    plt.close(fig)
+                    files.append(f"{lang}/{png.name}")
+                    sizes.add(size)
+                    smallest.append(points)
+                    if f"{lang}/{spec.name}.html" in spec.outputs:
+                        if output.html is None:
+                            raise RuntimeError(f"figure {spec.name} is registered with html=True but returned none")
+                        (out / lang / f"{spec.name}.html").write_text(output.html(), encoding="utf-8")
+                        files.append(f"{lang}/{spec.name}.html")
+            if len(sizes) != 1:
+                raise RuntimeError(f"figure {spec.name} is drawn at different sizes per language: {sorted(sizes)}")
         seconds = time.perf_counter() - start
-        files = [png.name]
-        if f"{spec.name}.html" in spec.outputs:
-            if output.html is None:
-                raise RuntimeError(f"figure {spec.name} is registered with html=True but returned none")
-            (out / f"{spec.name}.html").write_text(output.html, encoding="utf-8")
-            files.append(f"{spec.name}.html")
         entry = {
             **provenance,
             "files": files,
+            "languages": list(LANGUAGES),
+            "size_in": list(sizes.pop()),
+            "min_font_pt": min(smallest),
             "description": spec.description,
             "results": _results_jsonable(output.results),
             "seconds": round(seconds, 1),
@@ -294,11 +363,27 @@ def run_figures(
         }
         if scale != "full":
             entry["scale"] = scale
-        manifest["figures"][spec.name] = entry
-        manifest["mechdemo_version"] = __version__
-        _write_json_atomic(out / MANIFEST, manifest)  # after each figure: nothing done is lost
+        with _locked(out):  # after each figure: nothing done is lost
+            manifest = read_manifest(out)
+            manifest.setdefault("figures", {})[spec.name] = entry
+            manifest["mechdemo_version"] = __version__
+            _write_json_atomic(out / MANIFEST, manifest)
         written[spec.name] = entry
     return written
+
+
+def _forget_unregistered(out: Path) -> None:
+    """Before a run of every figure: drop the manifest entries (and files) of figures no longer
+    registered (renamed or split), so that the folder holds what the registry writes."""
+    with _locked(out):
+        manifest = read_manifest(out)
+        stale = [name for name in manifest.get("figures", {}) if name not in FIGURES]
+        for name in stale:
+            for file in manifest["figures"].pop(name).get("files", []):
+                (out / file).unlink(missing_ok=True)
+            log.info("removed %s: no longer a registered figure", name)
+        if stale:
+            _write_json_atomic(out / MANIFEST, manifest)
 
 
 def time_table(entries: dict[str, dict]) -> str:

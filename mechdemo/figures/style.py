@@ -1,7 +1,16 @@
-"""One style for every figure: readable from the back of a lecture room.
+"""One style for every figure: made for the slide it sits on, readable from the back of the room.
 
-16:9 canvases (the deck's aspect ratio), large fonts, thick lines, a colour-blind-safe palette,
-and a title helper that always names the model and the metric.
+**Geometry.** A figure slide (``theme.css``, ``section.figure``) shows a one-line takeaway above a
+figure box of :data:`FIGURE_BOX_PX` (1200 x 520 px on the 1280 x 720 slide) and a one-line caption
+below. A figure is drawn at the size it is shown, :data:`SLIDE` inches at 72 px per inch, so that
+**1 pt of font is 1 px on the slide**: the 18 px floor for text is an 18 pt floor here, and the
+registry refuses a figure with smaller text (:data:`MIN_TEXT_PX`, checked on every drawn text,
+tick labels included). PNGs are written at :data:`DPI` = 2 px per slide px (sharp on a projector
+and on HiDPI screens), without ``bbox_inches="tight"``, which would change the aspect ratio the
+slide reserves. A figure for a narrower box (two columns) passes ``figsize``; the registry records
+its size and its smallest font in the manifest, and the deck's render test checks both.
+
+Large fonts, thick lines, a colour-blind-safe palette (Okabe-Ito).
 """
 
 from __future__ import annotations
@@ -11,8 +20,15 @@ from typing import Iterator
 
 import matplotlib as mpl
 
-DPI = 150
-WIDE = (13.33, 7.5)  # inches: 16:9, 2000 x 1125 px at DPI
+from mechdemo.figures.i18n import tr
+
+SLIDE_PX = (1280, 720)  # Marp's 16:9 slide
+FIGURE_BOX_PX = (1200, 520)  # the figure's box on a figure slide (theme.css section.figure img)
+PX_PER_INCH = 72  # drawn at the size shown: 1 pt = 1 px on the slide
+SLIDE = (FIGURE_BOX_PX[0] / PX_PER_INCH, FIGURE_BOX_PX[1] / PX_PER_INCH)  # 16.67 x 7.22 in
+DPI = 2 * PX_PER_INCH  # 2400 x 1040 px PNGs
+MIN_TEXT_PX = 18  # smallest text on the 1280 x 720 slide
+WIDE = SLIDE  # the default canvas
 
 # Okabe-Ito palette (colour-blind safe)
 BLUE, ORANGE, GREEN, RED, PURPLE, SKY, YELLOW, GREY = (
@@ -32,19 +48,23 @@ RC = {
     "figure.dpi": 100,
     "figure.facecolor": "white",
     "savefig.facecolor": "white",
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.15,
+    "savefig.bbox": "standard",  # the size drawn is the size saved: the slide's aspect ratio
+    "figure.constrained_layout.use": True,
     "font.family": "DejaVu Sans",
-    "font.size": 16,
-    "axes.titlesize": 18,
+    "font.size": 20,
+    "axes.titlesize": 24,
     "axes.titleweight": "bold",
-    "axes.labelsize": 16,
-    "xtick.labelsize": 14,
-    "ytick.labelsize": 14,
-    "legend.fontsize": 14,
-    "figure.titlesize": 22,
+    "axes.labelsize": 22,
+    "xtick.labelsize": 20,
+    "ytick.labelsize": 20,
+    "legend.fontsize": 20,
+    "legend.title_fontsize": 20,
+    "figure.titlesize": 26,
     "figure.titleweight": "bold",
-    "lines.linewidth": 2.5,
+    "lines.linewidth": 3,
+    "axes.linewidth": 1.5,
+    "xtick.major.size": 6,
+    "ytick.major.size": 6,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.prop_cycle": mpl.cycler(color=PALETTE),
@@ -59,12 +79,29 @@ def projector_style() -> Iterator[None]:
         yield
 
 
+def shown_px_per_inch(size_in: tuple[float, float]) -> float:
+    """CSS px per inch of a figure of ``size_in`` on its slide: scaled down to fit the figure box,
+    never up beyond its natural size (1 PNG px = 1 CSS px)."""
+    w, h = size_in
+    return min(FIGURE_BOX_PX[0] / w, FIGURE_BOX_PX[1] / h, DPI)
+
+
+def smallest_text(fig) -> tuple[float, str]:
+    """(font size in pt, text) of the smallest visible text ``fig`` draws, tick labels included."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # ticks and their labels exist only once drawn
+    sizes = [(t.get_fontsize(), t.get_text()) for t in fig.findobj(Text)
+             if t.get_visible() and t.get_text().strip()]
+    return min(sizes) if sizes else (float("inf"), "")
+
+
 def suptitle(fig, title: str, model_label: str | None, subtitle: str | None = None) -> None:
     """Title naming what is shown and on which model, e.g. 'Induction scores — SmolLM2-135M'."""
     text = title if model_label is None else f"{title} — {model_label}"
     fig.suptitle(text, x=0.02, ha="left")
     if subtitle:
-        fig.text(0.02, 0.935, subtitle, ha="left", va="top", fontsize=14, color=GREY)
+        fig.text(0.02, 0.935, subtitle, ha="left", va="top", fontsize=20, color=GREY)
 
 
 def layer_head_heatmap(
@@ -84,8 +121,8 @@ def layer_head_heatmap(
     n_layers, n_heads = data.shape
     im = ax.imshow(data, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_title(title)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
+    ax.set_xlabel(tr("head"))
+    ax.set_ylabel(tr("layer"))
     ax.set_xticks(range(0, n_heads, max(1, n_heads // 8)))
     ax.set_yticks(range(0, n_layers, max(1, n_layers // 10)))
     for layer, head in mark or []:
