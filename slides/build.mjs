@@ -107,7 +107,7 @@ function copyFigure(file, deck) {
   if (!fs.existsSync(from)) throw new Error(`${deck}: img/${file} does not exist: run \`make figures\``)
   const lang = deck.split('.')[1]
   const folder = file.split('/').at(-2)
-  if (folder !== lang) throw new Error(`${deck}: img/${file} is not a figure drawn in "${lang}": use img/${lang}/${path.basename(file)}`)
+  if (['es', 'en'].includes(folder) && folder !== lang) throw new Error(`${deck}: img/${file} is not a figure drawn in "${lang}": use img/${lang}/${path.basename(file)}`)
   fs.mkdirSync(path.dirname(path.join(dist, 'img', file)), { recursive: true })
   fs.copyFileSync(from, path.join(dist, 'img', file))
 }
