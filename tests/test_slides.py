@@ -121,7 +121,17 @@ NOT_RESULTS = [
     r"Llama[ -]3\.2", r"ARENA[ _]3\.0", r"(versión|version) 3\.9",  # names, versions
     r"1[.,]000 tokens",  # the sequence length a KV-cache size is given for
     r"> ?10 ?%", r"0[,.]1 ?% (y|and) 3 ?%",  # dense-feature threshold, feature-picking rule
+    r"2 × (capas|layers) ×",  # K and V: the factor 2 of the KV-cache size formula
 ]
+# Counts and ratios in prose are measurements too ("3x faster", "3 of 4 initialisations", "30 layers",
+# "5 dimensions"): they come from the manifest like any other number.
+UNITS = (r"(?:capas?|layers?|heads?|cabezas?|inicializaciones|initiali[sz]ations?|dimensiones|dimensions?|features?|"
+         r"neuronas?|neurons?|tokens?|pasos|steps?|secuencias|sequences?|prompts?|ejemplos|examples?|parámetros|"
+         r"parameters?|veces|times|SAEs?|modelos|models?|contextos|contexts?|nats|segundos|seconds|ms|MB|GB|"
+         r"millones|million|mil|thousand)")
+COUNTS = re.compile(r"(?<![\w.,{])\d[\d.,]*\s*(?:x|×)(?!\w)"  # ratios: 3x, 4 ×
+                    r"|(?<![\w.,{])\d+\s+(?:de|of)\s+(?:the\s+)?\d+(?![\w.,])"  # 3 de 4, 3 of the 4
+                    r"|(?<![\w.,{}-])\d[\d.,]*\s+" + UNITS + r"\b")  # 30 capas, 5 dimensions
 CITATION = re.compile(r"et al\.|\((?:19|20)\d\d\)|(?:19|20)\d\d\b")
 
 
@@ -135,7 +145,7 @@ def test_numbers_are_computed_or_cited(deck):
         text = re.sub(pattern, " ", text)
     uncited = []
     for sentence in re.split(r"(?<=[.;:!?])\s+|\n", text):
-        numbers = re.findall(r"\d+[.,]\d+|\d+ ?%", sentence)
+        numbers = re.findall(r"\d+[.,]\d+|\d+ ?%", sentence) + COUNTS.findall(sentence)
         if numbers and not CITATION.search(sentence):
             uncited.append((numbers, sentence.strip()[:120]))
     assert not uncited, f"{deck.name}: numbers neither computed ({{{{figure.key}}}}) nor cited: {uncited}"
