@@ -148,7 +148,7 @@ plt.show()
 # Ahora la salida de cada *head* (en todas las posiciones), y la aproximación lineal de todos esos
 # *patches* con un solo *backward* (*attribution patching*). Compara con la DLA: aquí aparecen
 # también *heads* que casi no escriben en los *logits* (en SmolLM2, L20H0 y L17H4: una *S-inhibition
-# head* y una *induction head* del circuito de `img/path-patching.png`).
+# head* y una *induction head* del circuito de `img/es/ioi-circuit.png`).
 
 # %%
 head_patch = patch_heads(run, "z")
@@ -183,7 +183,8 @@ print("mayor efecto negativo:", [f"L{l}H{h} {-v:+.2f}" for l, h, v in top_heads(
 # *previous-token heads*, *backup name movers*) se encuentra repitiendo esto hacia atrás: *heads* →
 # *queries* de los *name movers*, *heads* → *values* de las *S-inhibition heads*, etc.
 # `mechdemo.ioi.find_ioi_circuit(model, batch)` lo hace entero (o `mechdemo ioi --circuit`, unos
-# minutos en CPU); la figura `img/path-patching.png` muestra el resultado en SmolLM2.
+# minutos en CPU); las figuras `img/es/path-patching.png` y `img/es/ioi-circuit.png` muestran el
+# resultado en SmolLM2.
 #
 # ## Ejercicios (de la presentación)
 #

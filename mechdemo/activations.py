@@ -137,12 +137,19 @@ def pca_2d(x: Float[Tensor, "n d"], seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 
 def tsne_2d(x: Float[Tensor, "n d"], seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """2-D t-SNE embedding of ``x`` (after a 50-component PCA, the usual preprocessing)."""
+    """2-D t-SNE embedding of ``x`` (after a 50-component PCA, the usual preprocessing).
+
+    Computed on one thread (OpenMP and BLAS): summed over another number of threads, the gradients
+    differ in the last bits, and t-SNE's iterations amplify that into another map. One thread, the
+    same map on every machine for a seed.
+    """
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     data = x.float().cpu().numpy()
-    if data.shape[1] > 50:
-        data = PCA(n_components=50, random_state=seed).fit_transform(data)
-    perplexity = min(perplexity, (len(data) - 1) / 3)
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(data)
+    with threadpool_limits(limits=1):
+        if data.shape[1] > 50:
+            data = PCA(n_components=50, random_state=seed).fit_transform(data)
+        perplexity = min(perplexity, (len(data) - 1) / 3)
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(data)

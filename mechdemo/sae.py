@@ -4,7 +4,9 @@ An SAE rewrites an activation ``x`` (``d_in``) as a sparse, non-negative combina
 ``d_sae > d_in`` learned directions: ``f = act(W_enc (x - b_dec) + b_enc)``, ``x̂ = W_dec f + b_dec``.
 Three activations, as in the literature:
 
-* ``relu``: ReLU with an L1 penalty on ``f`` (Bricken et al. 2023, "Towards Monosemanticity");
+* ``relu``: ReLU with an L1 penalty on ``f`` weighted by the decoder norms, ``λ Σ_i f_i ‖W_dec,i‖``
+  (SAELens's standard SAE: the penalty of Templeton et al. 2024, "Scaling Monosemanticity"; Bricken et
+  al. 2023, "Towards Monosemanticity", used a plain L1 penalty with unit-norm decoder columns);
 * ``topk``: keep the ``k`` largest pre-activations (Gao et al. 2024);
 * ``jumprelu``: a learned threshold per feature with an L0 penalty (Rajamanoharan et al. 2024,
   the architecture of Gemma Scope).
@@ -58,6 +60,7 @@ ARCHITECTURES = ("relu", "topk", "jumprelu")
 # smallest machines we support have.
 TRAIN_THREADS = 2
 TRAIN_CONFIG = "mechdemo_sae.json"
+DENSE_THRESHOLD = 0.1  # a feature that fires on more than this fraction of held-out tokens is "dense"
 
 
 def default_layer(model_name: str, n_layers: int) -> int:
@@ -228,7 +231,7 @@ def encode_batches(sae: "SAE | TrainingSAE", x: Float[Tensor, "n d_in"], batch_s
 
 @torch.no_grad()
 def reconstruction_metrics(
-    sae: "SAE | TrainingSAE", x: Float[Tensor, "n d_in"], dense_threshold: float = 0.1
+    sae: "SAE | TrainingSAE", x: Float[Tensor, "n d_in"], dense_threshold: float = DENSE_THRESHOLD
 ) -> dict[str, float]:
     """L0, explained variance, and dead / dense feature fractions on activations ``x``.
 

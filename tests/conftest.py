@@ -51,3 +51,42 @@ def random_bridge():
         return built[name]
 
     return get
+
+
+@pytest.fixture
+def small_figure_run(tmp_path, monkeypatch, model):
+    """``small_figure_run(modules)``: every figure of those ``mechdemo.figures`` modules, run end to
+    end at small scale into a temporary folder and cache, with the checks every figure must pass;
+    returns ``{figure: results}``. Small-scale numbers are never compared with the committed ones,
+    only their keys."""
+    import json
+    from pathlib import Path
+
+    from mechdemo.figures import FIGURES
+    from mechdemo.figures.i18n import LANGUAGES
+    from mechdemo.figures.registry import read_manifest, read_provenance, run_figures
+    from mechdemo.models import DEFAULT_MODEL
+
+    def run(modules) -> dict:
+        names = [n for n, spec in FIGURES.items() if spec.func.__module__.rsplit(".", 1)[-1] in modules]
+        assert names, f"no figures in {modules}"
+        monkeypatch.setenv("MECHDEMO_CACHE", str(tmp_path / "cache"))
+        out = tmp_path / "img"
+        entries = run_figures(names, out_dir=out, progress=False, scale="small", models={DEFAULT_MODEL: model})
+        committed = json.loads((Path(__file__).resolve().parents[1] / "img" / "manifest.json").read_text())["figures"]
+        assert set(entries) == set(names) == set(read_manifest(out)["figures"])
+        for name, entry in entries.items():
+            assert entry["scale"] == "small" and entry["seconds"] > 0
+            for f in entry["files"]:
+                assert (out / f).stat().st_size > 10_000, f
+            for lang in LANGUAGES:
+                assert read_provenance(out / lang / f"{name}.png")["language"] == lang
+            # drawn in each language: the Spanish and English pictures differ (their text does)
+            assert (out / "es" / f"{name}.png").read_bytes() != (out / "en" / f"{name}.png").read_bytes(), name
+            # the small run reports the same quantities as the committed full run
+            assert name in committed, f"{name} is not in img/manifest.json: run `make figures`"
+            assert set(entry["results"]) == set(committed[name]["results"]), name
+        assert not (tmp_path / "cache" / "smollm2-135m").exists()  # the lent model: no weights cache written
+        return {name: e["results"] for name, e in entries.items()}
+
+    return run

@@ -94,31 +94,25 @@ def test_img_is_in_sync_with_the_registry():
             assert prov["model"] == (DEFAULT_MODEL if FIGURES[name].needs_model else None)
 
 
-def test_every_figure_runs_end_to_end_at_small_scale(tmp_path, monkeypatch, model):
-    """`make test`'s end-to-end check of every figure function: the same code as `make figures`, on
-    small inputs (few prompts, few training steps, a small activation dataset in a temporary cache).
-    It asserts what holds at any scale, not the committed numbers (that is `make check`'s job)."""
-    monkeypatch.setenv("MECHDEMO_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "img"
-    entries = run_figures(out_dir=out, progress=False, scale="small", models={DEFAULT_MODEL: model})
-    committed = read_manifest(IMG)["figures"]
-    assert set(entries) == set(FIGURES)
-    for name, entry in entries.items():
-        assert entry["scale"] == "small" and entry["seconds"] > 0
-        for f in entry["files"]:
-            assert (out / f).stat().st_size > 10_000, f
-        assert read_provenance(out / "es" / f"{name}.png")["language"] == "es"
-        # drawn in each language: the Spanish and English pictures differ (their text does)
-        assert (out / "es" / f"{name}.png").read_bytes() != (out / "en" / f"{name}.png").read_bytes(), name
-        # the small run reports the same quantities as the committed full run
-        assert set(entry["results"]) == set(committed[name]["results"]), name
-    assert set(read_manifest(out)["figures"]) == set(FIGURES)
-    assert not (tmp_path / "cache" / "smollm2-135m").exists()  # the lent model: no weights cache written
-    r = {name: e["results"] for name, e in entries.items()}
-    # invariants of the analyses, whatever the scale
-    assert r["dla"]["max_sum_error"] < 1e-3  # DLA's parts add up to the logit difference
-    faith = r["path-patching"]["circuit"]["faithfulness"]
-    assert faith["faithfulness"] == pytest.approx(faith["logit_diff_circuit"] / faith["logit_diff_full"], abs=2e-3)
+# `make test` runs every figure function end to end at small scale, in two halves on the two
+# xdist workers (this file: the trained models, the architecture and generation;
+# test_figures_analyses.py: the attention, circuit and IOI analyses). Figures that share a
+# computation are in the same half.
+TRAINED = ("sae", "superposition", "mlp", "generation", "architecture")
+
+
+def test_the_two_small_scale_halves_cover_every_figure():
+    from test_figures_analyses import ANALYSES
+
+    modules = {spec.func.__module__.rsplit(".", 1)[-1] for spec in FIGURES.values()}
+    assert modules == set(TRAINED) | set(ANALYSES) and not set(TRAINED) & set(ANALYSES)
+
+
+def test_trained_model_figures_run_end_to_end_at_small_scale(small_figure_run):
+    """`make test`'s end-to-end check of figure functions: the same code as `make figures`, on small
+    inputs (few prompts, few training steps, a small activation dataset in a temporary cache). It
+    asserts what holds at any scale, not the committed numbers (that is `make check`'s job)."""
+    r = small_figure_run(TRAINED)
     for sae in r["sae_tradeoff"]["saes"]:
         if sae["architecture"] == "topk":
             assert sae["l0"] == pytest.approx(float(sae["setting"].split("=")[1]))  # TopK keeps exactly k

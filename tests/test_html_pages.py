@@ -32,18 +32,26 @@ def render_dom(page: Path, tmp_path: Path) -> str:
     return proc.stdout
 
 
-def test_attention_page_has_no_remote_scripts():
-    html = (IMG / "attention_pattern.html").read_text(encoding="utf-8")
+# The attention-pattern build's last figure also writes the interactive page of all five heads,
+# once per language (the HTML deck shows it in place of the PNG).
+PAGES = [IMG / lang / "attention_pattern_induction.html" for lang in ("es", "en")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.parent.name)
+def test_attention_page_has_no_remote_scripts(page):
+    html = page.read_text(encoding="utf-8")
     assert not re.search(r"<script[^>]+src=", html)
     assert "unpkg.com" not in html and "cdn.jsdelivr" not in html
     assert "CircuitsVis.render" in html
+    assert f'<html lang="{page.parent.name}">' in html
 
 
-def test_attention_page_renders_offline(tmp_path):
-    source = (IMG / "attention_pattern.html").read_text(encoding="utf-8")
-    dom = render_dom(IMG / "attention_pattern.html", tmp_path)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.parent.name)
+def test_attention_page_renders_offline(page, tmp_path):
+    source = page.read_text(encoding="utf-8")
+    dom = render_dom(page, tmp_path)
     filled = re.compile(r'<div id="circuits-vis-[^"]+"[^>]*><div')
     assert not filled.search(source)  # the file holds an empty container and a script...
     assert filled.search(dom)  # ...which, run offline, builds the visualisation inside it
-    assert re.search(r"<h4[^>]*>Previous token L\d+H\d+</h4>", dom)
-    assert re.search(r"<h4[^>]*>Induction L\d+H\d+</h4>", dom)
+    assert re.search(r"<h4[^>]*>previous-token head L\d+H\d+</h4>", dom)
+    assert re.search(r"<h4[^>]*>induction head L\d+H\d+</h4>", dom)

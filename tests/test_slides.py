@@ -120,7 +120,6 @@ def test_english_and_spanish_decks_match_slide_for_slide():
 NOT_RESULTS = [
     r"Llama[ -]3\.2", r"ARENA[ _]3\.0", r"(versión|version) 3\.9",  # names, versions
     r"1[.,]000 tokens",  # the sequence length a KV-cache size is given for
-    r"> ?10 ?%", r"0[,.]1 ?% (y|and) 3 ?%",  # dense-feature threshold, feature-picking rule
     r"2 × (capas|layers) ×",  # K and V: the factor 2 of the KV-cache size formula
 ]
 # Counts and ratios in prose are measurements too ("3x faster", "3 of 4 initialisations", "30 layers",
@@ -201,14 +200,18 @@ def test_built_html_needs_no_network(built, lang):
 
 
 @FULL
-def test_html_build_embeds_the_interactive_attention_page(built):
-    html = (DIST / "deck.es.html").read_text(encoding="utf-8")
-    assert re.search(r'<iframe[^>]*src="img/attention_pattern\.html"', html)
-    assert "img/attention_pattern.png" not in html  # the HTML shows the page, not the picture
-    page = (DIST / "img" / "attention_pattern.html").read_text(encoding="utf-8")
-    assert not re.search(r"<script[^>]+src=", page)
-    pdf_source = (DIST / "deck.es.md").read_text(encoding="utf-8")
-    assert "img/attention_pattern.png" in pdf_source and "<iframe" not in pdf_source
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_html_build_embeds_the_interactive_attention_page(built, lang):
+    """The last slide of the attention-pattern build is, in the HTML deck, the CircuitsVis page of its
+    language (the same figure wrote both files); the PDF keeps the PNG."""
+    figure = f"img/{lang}/attention_pattern_induction"
+    html = (DIST / f"deck.{lang}.html").read_text(encoding="utf-8")
+    assert re.search(rf'<iframe[^>]*src="{figure}\.html"', html)
+    assert f"{figure}.png" not in html  # the HTML shows the page, not the picture
+    page = (DIST / f"{figure}.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]+src=", page) and f'<html lang="{lang}">' in page
+    pdf_source = (DIST / f"deck.{lang}.md").read_text(encoding="utf-8")
+    assert f"{figure}.png" in pdf_source and "<iframe" not in pdf_source
 
 
 def test_numbers_are_filled_in_from_the_manifest():
@@ -236,7 +239,7 @@ def test_a_rendered_figure_slide_shows_its_figure(built, tmp_path):
     from PIL import Image
 
     front, slides = split_slides((DIST / "deck.es.md").read_text(encoding="utf-8"))
-    slide = next(s for s in slides if "img/dla.png" in s)
+    slide = next(s for s in slides if "img/es/dla.png" in s)
     one = DIST / ".one-slide.md"
     one.write_text(f"---\n{front}\n---\n{slide}", encoding="utf-8")
     out = tmp_path / "slide.png"
@@ -253,8 +256,8 @@ def test_a_rendered_figure_slide_shows_its_figure(built, tmp_path):
     assert shot.std() > 0.1 and (shot < 0.5).mean() > 0.01, "the rendered slide is blank"
 
     image = Image.open(out).convert("L")
-    shown = best_match(image, Image.open(IMG / "dla.png").convert("L"))
-    other = best_match(image, Image.open(IMG / "kv_cache.png").convert("L"))
+    shown = best_match(image, Image.open(IMG / "es" / "dla.png").convert("L"))
+    other = best_match(image, Image.open(IMG / "es" / "repeated_seq.png").convert("L"))
     assert shown > 0.85, f"the figure is not visible in the rendered slide (best correlation {shown:.2f})"
     assert other < shown - 0.15, f"another figure matches about as well ({other:.2f} vs {shown:.2f})"
 

@@ -1,9 +1,16 @@
-"""transformer_decoder.png: the decoder-only architecture, drawn from the model's actual config.
+"""The architecture figures, drawn from the models' actual configs.
 
-Left: the data flow of the loaded model (embedding, residual stream, L blocks of norm -> attention
-and norm -> MLP each added back to the stream, final norm, unembedding) labelled with its real
-sizes. Right: the same facts for the three registered models side by side; the loaded model's
-column is read from the model in memory, the others from their published configs (no download).
+- ``transformer_decoder``: the data flow of the loaded model (embedding, residual stream, L blocks
+  of norm -> attention and norm -> MLP each added back to the stream, final norm, unembedding)
+  labelled with its real sizes.
+- ``architecture_table``: the same facts for the three registered models side by side; the loaded
+  model's column is read from the model in memory, the others from their published configs (no
+  download).
+- ``mlp_gated``: GPT-2's MLP, ``W_out GELU(W_in x)``, next to the gated MLP (SwiGLU) of SmolLM2 and
+  Llama, ``W_down (SiLU(W_gate x) ⊙ W_up x)``, with each model's sizes.
+
+The diagrams are drawn on one axes in slide pixels (1200 x 520, 1 pt = 1 px): box sizes and font
+sizes are in the same unit, so what fits here fits on the slide.
 """
 
 from __future__ import annotations
@@ -12,169 +19,271 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangl
 
 from mechdemo.architecture import Architecture, architecture_of
 from mechdemo.figures import style
+from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
 from mechdemo.models import MODELS
 
-
-def _fmt_int(n: int) -> str:
-    return f"{n:,}"
-
-
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
-
-
 ACTIVATIONS = {"silu": "SiLU", "gelu_new": "GELU", "gelu": "GELU", "relu": "ReLU"}
+FONT = 20  # diagram text (pt = px on the slide)
+LIGHT_BLUE, LIGHT_ORANGE, LIGHT_GREEN, LIGHT_GREY = "#cfe3f3", "#fbe3c0", "#cdeee3", "#eeeeee"
+
+
+def _architectures(ctx: FigureContext) -> dict[str, Architecture]:
+    """Every registered model's architecture: the loaded model's from its config in memory, the
+    others from their published configs (no download)."""
+
+    def compute() -> dict[str, Architecture]:
+        loaded = architecture_of(ctx.model.original_model.config)
+        return {name: (loaded if name == ctx.model_name else spec.architecture) for name, spec in MODELS.items()}
+
+    return ctx.computed("architecture.models", compute)
+
+
+def _activation(a: Architecture) -> str:
+    return ACTIVATIONS.get(a.activation, a.activation)
 
 
 def _mlp_kind(a: Architecture) -> str:
-    act = ACTIVATIONS.get(a.activation, a.activation)
-    return f"gated {act}" if a.gated_mlp else act
+    if a.gated_mlp:
+        return "SwiGLU" if a.activation == "silu" else tr("gated {act}", act=_activation(a))
+    return _activation(a)
 
 
-def _attention_label(a: Architecture) -> str:
-    if a.is_gqa:
-        title = "Grouped-query attention"
-        heads = f"{a.n_heads} query heads share {a.n_kv_heads} K/V heads, d_head = {a.d_head}"
-    else:
-        title = "Multi-head attention"
-        heads = f"{a.n_heads} heads, d_head = {a.d_head}"
-    pos = f"rotary positions (RoPE, θ = {a.rope_theta:,.0f}) on Q and K" if a.positions == "rotary" else (
-        "positions already in the residual stream"
-    )
-    return f"{title}\n{heads}\n{pos}"
+def _params_millions(n: int) -> str:
+    return tr("{n} M", n=num(n / 1e6, ",.1f"))
 
 
-def _mlp_label(a: Architecture) -> str:
-    return f"MLP ({_mlp_kind(a)})\n{a.d_model} → {_fmt_int(a.d_mlp)} → {a.d_model}"
+def _mlp_params(a: Architecture) -> int:
+    """Weights of one layer's MLP (biases included)."""
+    n = (3 if a.gated_mlp else 2) * a.d_model * a.d_mlp
+    if a.mlp_bias:
+        n += (2 if a.gated_mlp else 1) * a.d_mlp + a.d_model
+    return n
 
 
-def _header(name: str) -> str:
-    return name if len(name) <= 14 else "\n".join(name.rsplit("-", 1))
+# ---- drawing in slide pixels ---------------------------------------------------------------------
 
 
-def draw_architecture(ax, a: Architecture) -> None:
-    """Draw the decoder-only data flow of ``a`` on ``ax`` (axis units: 0..10 wide, 0..13 high)."""
-    ax.set_xlim(0, 10)
-    ax.set_ylim(0, 13.2)
+def _canvas():
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=style.SLIDE, layout="none")  # one axes filling the figure: nothing to lay out
+    ax = fig.add_axes((0, 0, 1, 1))
+    w, h = style.FIGURE_BOX_PX
+    ax.set_xlim(0, w)
+    ax.set_ylim(0, h)
     ax.axis("off")
-    x_stream, x_box, w_box = 1.1, 2.3, 7.4
+    return fig, ax
 
-    def box(y, h, text, color, fontsize=14, weight="normal"):
-        ax.add_patch(
-            FancyBboxPatch(
-                (x_box, y), w_box, h, boxstyle="round,pad=0.02,rounding_size=0.15",
-                fc=color, ec="black", lw=1.5, alpha=0.9,
-            )
-        )
-        ax.text(x_box + w_box / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, weight=weight)
 
-    def arrow(p, q, **kw):
-        ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=16, lw=1.8, color="black", **kw))
+def _box(ax, x, y, w, h, text, color, *, size=FONT, weight="normal", ls="-"):
+    """A rounded box with its lower-left corner at (x, y), ``text`` centred in it."""
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0,rounding_size=10", fc=color, ec="black",
+                                lw=1.8, ls=ls))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size, weight=weight, linespacing=1.35)
 
-    def plus(y):
-        ax.add_patch(Circle((x_stream, y), 0.22, fc="white", ec="black", lw=1.8, zorder=5))
-        ax.text(x_stream, y, "+", ha="center", va="center", fontsize=18, weight="bold", zorder=6)
 
-    # input side
-    box(0.1, 0.8, f"tokens → ids   (BPE vocabulary {_fmt_int(a.d_vocab)})", "#eeeeee")
-    emb = f"Embedding $W_E$  [{_fmt_int(a.d_vocab)} × {a.d_model}]"
-    if a.positions == "learned":
-        emb += f"\n+ learned positions $W_{{pos}}$  [{_fmt_int(a.n_ctx)} × {a.d_model}]"
-    box(1.3, 1.0, emb, "#cfe3f3")
-    arrow((x_box + w_box / 2, 0.9), (x_box + w_box / 2, 1.3))
-    # the residual stream
-    ax.add_patch(Rectangle((x_stream - 0.08, 2.3), 0.16, 8.2, fc=style.BLUE, ec="none", alpha=0.35))
-    arrow((x_box, 1.8), (x_stream, 2.3), connectionstyle="arc3,rad=0.3")
-    ax.text(0.35, 6.4, f"residual stream  (d_model = {a.d_model})", rotation=90, ha="center", va="center",
-            fontsize=14, color=style.BLUE, weight="bold")
+def _arrow(ax, p, q, rad=0.0, color="black", lw=2.2):
+    ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=22, lw=lw, color=color,
+                                 connectionstyle=f"arc3,rad={rad}", shrinkA=0, shrinkB=0))
+
+
+def _plus(ax, x, y):
+    ax.add_patch(Circle((x, y), 17, fc="white", ec="black", lw=2, zorder=5))
+    ax.text(x, y, "+", ha="center", va="center", fontsize=24, weight="bold", zorder=6)
+
+
+def _hadamard(ax, x, y):
+    """⊙, the elementwise product, drawn (the glyph in a circle reads as two circles)."""
+    ax.add_patch(Circle((x, y), 17, fc="white", ec="black", lw=2, zorder=5))
+    ax.add_patch(Circle((x, y), 4.5, fc="black", ec="none", zorder=6))
+
+
+# ---- transformer_decoder --------------------------------------------------------------------------
+
+
+def _draw_decoder(a: Architecture):
+    fig, ax = _canvas()
+    y_s = 215  # the residual stream
+    x0, x1 = 235, 975  # where the stream runs
+    ax.add_patch(Rectangle((x0, y_s - 9), x1 - x0, 18, fc=style.BLUE, ec="none", alpha=0.45))
+    ax.text((x0 + x1) / 2, y_s - 40, tr("residual stream  (d_model = {d})", d=a.d_model), ha="center", va="center",
+            fontsize=22, color=style.BLUE, weight="bold")
+    # input: tokens -> embedding -> the stream
+    _box(ax, 10, 30, 205, 80, tr("tokens (BPE)\n→ ids"), LIGHT_GREY)
+    _box(ax, 10, y_s - 50, 205, 100, tr("Embedding $W_E$\n{v} × {d}", v=num(a.d_vocab, ",d"), d=a.d_model),
+         LIGHT_BLUE)
+    _arrow(ax, (112, 110), (112, y_s - 50))
+    _arrow(ax, (215, y_s), (x0 + 2, y_s))
     # one block, repeated n_layers times
-    ax.add_patch(
-        FancyBboxPatch((x_stream - 0.55, 2.75), 9.2, 6.7, boxstyle="round,pad=0.02,rounding_size=0.2",
-                       fc="none", ec=style.GREY, lw=2, ls="--")
-    )
-    ax.text(9.7, 9.2, f"× {a.n_layers} layers", ha="right", va="top", fontsize=16, weight="bold", color=style.GREY)
-    norm = a.norm
-    for y_norm, y_comp, h_comp, y_plus, label, color in (
-        (2.95, 3.85, 1.45, 5.6, _attention_label(a), "#fbe3c0"),
-        (6.1, 7.0, 1.1, 8.6, _mlp_label(a), "#cdeee3"),
-    ):
-        box(y_norm, 0.6, norm, "#eeeeee", fontsize=13)
-        arrow((x_stream, y_norm + 0.3), (x_box, y_norm + 0.3))
-        box(y_comp, h_comp, label, color, fontsize=13)
-        arrow((x_box + w_box / 2, y_norm + 0.6), (x_box + w_box / 2, y_comp))
-        arrow((x_box, y_comp + h_comp - 0.3), (x_stream + 0.22, y_plus), connectionstyle="arc3,rad=0.25")
-        plus(y_plus)
-    # output side
-    box(10.6, 0.6, f"final {norm}", "#eeeeee", fontsize=13)
-    arrow((x_stream, 10.5), (x_box, 10.9))
-    tied = " (tied: $W_U = W_E^T$)" if a.tied_embeddings else ""
-    box(11.45, 0.7, f"Unembedding $W_U$  [{a.d_model} × {_fmt_int(a.d_vocab)}]{tied}", "#cfe3f3")
-    arrow((x_box + w_box / 2, 11.2), (x_box + w_box / 2, 11.45))
-    ax.text(x_box + w_box / 2, 12.65, "logits → softmax → next token", ha="center", va="center", fontsize=14)
-    arrow((x_box + w_box / 2, 12.15), (x_box + w_box / 2, 12.45))
+    bx0, bx1, by0, by1 = 262, 948, 125, 508
+    ax.add_patch(FancyBboxPatch((bx0, by0), bx1 - bx0, by1 - by0, boxstyle="round,pad=0,rounding_size=14",
+                                fc="none", ec=style.GREY, lw=2.2, ls="--"))
+    ax.text(bx1 - 12, by0 + 12, tr("× {n} layers", n=a.n_layers), ha="right", va="bottom", fontsize=24,
+            weight="bold", color=style.GREY)
+    if a.is_gqa:
+        attn = tr("Grouped-query attention\n{h} query heads, {kv} K/V\nd_head = {dh}, RoPE", h=a.n_heads,
+                  kv=a.n_kv_heads, dh=a.d_head)
+    else:
+        attn = tr("Multi-head attention\n{h} heads, d_head = {dh}", h=a.n_heads, dh=a.d_head)
+    if a.gated_mlp:
+        mlp = tr("Gated MLP\n({kind})\n{d} → {m} → {d}", kind=_mlp_kind(a), d=a.d_model, m=num(a.d_mlp, ",d"))
+    else:
+        mlp = tr("MLP ({act})\n{d} → {m} → {d}", act=_activation(a), d=a.d_model, m=num(a.d_mlp, ",d"))
+    for x_read, x_plus, text, color in ((300, 618, attn, LIGHT_ORANGE), (655, 912, mlp, LIGHT_GREEN)):
+        w_comp = x_plus - x_read - 20
+        x_comp = x_read - 20
+        _box(ax, x_read, y_s + 45, 150, 50, a.norm, LIGHT_GREY)
+        _arrow(ax, (x_read + 20, y_s + 9), (x_read + 20, y_s + 45))
+        _box(ax, x_comp, 330, w_comp, 130, text, color)
+        _arrow(ax, (x_read + 20, y_s + 95), (x_read + 20, 330))
+        _arrow(ax, (x_comp + w_comp, 395), (x_plus, y_s + 17), rad=-0.35)
+        _plus(ax, x_plus, y_s)
+    # output: final norm -> unembedding -> logits
+    x_out = 995
+    _box(ax, x_out, y_s - 30, 195, 60, tr("final {norm}", norm=a.norm), LIGHT_GREY)
+    _arrow(ax, (x1 - 2, y_s), (x_out, y_s))
+    unembed = tr("Unembedding\n$W_U = W_E^T$") if a.tied_embeddings else tr("Unembedding\n$W_U$")
+    _box(ax, x_out, 300, 195, 100, unembed, LIGHT_BLUE)
+    _arrow(ax, (x_out + 97, y_s + 30), (x_out + 97, 300))
+    ax.text(x_out + 97, 470, tr("logits →\nnext token"), ha="center", va="center", fontsize=FONT, linespacing=1.3)
+    _arrow(ax, (x_out + 97, 400), (x_out + 97, 435))
+    return fig
 
 
-def comparison_rows(archs: dict[str, Architecture]) -> list[tuple[str, list[str]]]:
+@figure("transformer_decoder", description="Decoder-only transformer drawn from the loaded model's config: "
+        "embedding, residual stream, blocks of norm + attention and norm + MLP added back, unembedding")
+def transformer_decoder(ctx: FigureContext) -> FigureOutput:
+    arch = _architectures(ctx)[ctx.model_name]
+    return FigureOutput(lambda: _draw_decoder(arch), results={
+        "architecture": arch.to_dict(),
+        "n_params_millions": round(arch.n_params / 1e6, 1),
+    })
+
+
+# ---- architecture_table -----------------------------------------------------------------------------
+
+
+def _rows(archs: list[Architecture]) -> list[tuple[str, list[str]]]:
     def col(f):
-        return [f(a) for a in archs.values()]
+        return [f(a) for a in archs]
 
     return [
-        ("Layers", col(lambda a: str(a.n_layers))),
-        ("d_model", col(lambda a: _fmt_int(a.d_model))),
-        ("Query / KV heads", col(lambda a: f"{a.n_heads} / {a.n_kv_heads}")),
+        (tr("Layers"), col(lambda a: str(a.n_layers))),
+        ("d_model", col(lambda a: num(a.d_model, ",d"))),
+        (tr("Query / K/V heads"), col(lambda a: f"{a.n_heads} / {a.n_kv_heads}")),
         ("d_head", col(lambda a: str(a.d_head))),
-        ("d_mlp", col(lambda a: _fmt_int(a.d_mlp))),
-        ("Vocabulary", col(lambda a: _fmt_int(a.d_vocab))),
-        ("Context", col(lambda a: _fmt_int(a.n_ctx))),
-        ("Norm", col(lambda a: a.norm)),
-        ("Positions", col(lambda a: "learned" if a.positions == "learned" else "RoPE")),
+        ("d_mlp", col(lambda a: num(a.d_mlp, ",d"))),
+        (tr("Vocabulary"), col(lambda a: num(a.d_vocab, ",d"))),
+        (tr("Context"), col(lambda a: num(a.n_ctx, ",d"))),
+        (tr("Norm"), col(lambda a: a.norm)),
+        (tr("Positions"), col(lambda a: tr("learned") if a.positions == "learned" else "RoPE")),
         ("MLP", col(_mlp_kind)),
-        ("Tied W_E / W_U", col(lambda a: "yes" if a.tied_embeddings else "no")),
-        ("Parameters", col(lambda a: _fmt_params(a.n_params))),
+        (tr("Tied $W_E$ / $W_U$"), col(lambda a: tr("yes") if a.tied_embeddings else tr("no"))),
+        (tr("Parameters"), col(lambda a: _params_millions(a.n_params))),
     ]
 
 
-def draw_comparison(ax, archs: dict[str, Architecture], highlight: str) -> None:
-    ax.axis("off")
+DESIGN_ROWS = (2, 7, 8, 9)  # the rows where the families differ by design, not by size
+
+
+def _draw_table(archs: dict[str, Architecture], highlight: str):
+    fig, ax = _canvas()
     names = list(archs)
-    rows = comparison_rows(archs)
-    n_rows = len(rows) + 1
-    x_label, x_cols = 0.0, [0.40 + 0.22 * i for i in range(len(names))]
-    dy = 1.0 / n_rows
+    rows = _rows(list(archs.values()))
+    w, h = style.FIGURE_BOX_PX
+    dy = h / (len(rows) + 1)
+    x_label, x_cols = 8, [445 + 290 * i for i in range(len(names))]
     col = names.index(highlight)
-    ax.add_patch(Rectangle((x_cols[col] - 0.11, 0), 0.22, 1.0, fc=style.ORANGE, alpha=0.15, ec="none"))
+    ax.add_patch(Rectangle((x_cols[col] - 145, 0), 290, h, fc=style.ORANGE, alpha=0.18, ec="none"))
+    for r in DESIGN_ROWS:
+        y = h - (r + 2) * dy
+        ax.add_patch(Rectangle((0, y), w, dy, fc=style.SKY, alpha=0.12, ec="none", zorder=0))
     for i, name in enumerate(names):
-        ax.text(x_cols[i], 1 - dy / 2, _header(name), ha="center", va="center", weight="bold", fontsize=14)
+        ax.text(x_cols[i], h - dy / 2, MODELS[name].display_name, ha="center", va="center", weight="bold",
+                fontsize=FONT)
     for r, (label, values) in enumerate(rows, start=1):
-        y = 1 - (r + 0.5) * dy
-        ax.text(x_label, y, label, ha="left", va="center", fontsize=14, color=style.GREY)
+        y = h - (r + 0.5) * dy
+        ax.text(x_label, y, label, ha="left", va="center", fontsize=FONT, color="#444444")
         for i, v in enumerate(values):
-            ax.text(x_cols[i], y, v, ha="center", va="center", fontsize=14)
-        ax.axhline(1 - r * dy, color="#dddddd", lw=1)
-    ax.set_xlim(0, 1.05)
-    ax.set_ylim(0, 1)
+            ax.text(x_cols[i], y, v, ha="center", va="center", fontsize=FONT, weight="bold" if i == col else "normal")
+        ax.axhline(h - r * dy, color="#cccccc", lw=1.2)
+    return fig
 
 
-@figure(
-    "transformer_decoder",
-    description="Decoder-only transformer drawn from the loaded model's config, beside the other registered models",
-)
-def transformer_decoder(ctx: FigureContext) -> FigureOutput:
-    import matplotlib.pyplot as plt
+@figure("architecture_table", description="The three registered models side by side (layers, widths, heads, "
+        "norm, positions, MLP, parameters): the loaded model from its config, the others from published configs")
+def architecture_table(ctx: FigureContext) -> FigureOutput:
+    archs = _architectures(ctx)
+    return FigureOutput(lambda: _draw_table(archs, ctx.model_name), results={
+        "models": {name: {**a.to_dict(), "n_params_millions": round(a.n_params / 1e6, 1)} for name, a in archs.items()},
+    })
 
-    model = ctx.model
-    arch = architecture_of(model.original_model.config)
-    archs = {
-        spec.display_name: (arch if name == ctx.model_name else spec.architecture)
-        for name, spec in MODELS.items()
-    }
-    fig = plt.figure(figsize=(16, 9))
-    ax_arch = fig.add_axes((0.0, 0.0, 0.5, 0.9))
-    ax_table = fig.add_axes((0.53, 0.08, 0.46, 0.78))
-    draw_architecture(ax_arch, arch)
-    draw_comparison(ax_table, archs, highlight=ctx.model_label)
-    style.suptitle(fig, "Decoder-only transformer", ctx.model_label,
-                   subtitle=f"{_fmt_params(arch.n_params)} parameters. Sizes read from the loaded model's config; "
-                            "the other columns from the published configs.")
-    return FigureOutput(fig, results={"architecture": arch.to_dict()})
+
+# ---- mlp_gated ---------------------------------------------------------------------------------------
+
+
+def _draw_mlps(plain: Architecture, plain_name: str, gated: Architecture, gated_name: str):
+    fig, ax = _canvas()
+    # columns shared by both rows: input, first matrices, activation, (gate), last matrix, output
+    x_in, x_w1, x_act, x_mul, x_w2, x_out = 10, 200, 470, 640, 740, 1020
+    w_in, w_w, w_act, w_out = 150, 225, 120, 170
+
+    def matrix(x, y, name, rows, cols, color):
+        _box(ax, x, y - 40, w_w, 80, f"{name}\n{num(rows, ',d')} → {num(cols, ',d')}", color)
+
+    # GPT-2: x -> W_in -> GELU -> W_out
+    y = 420
+    ax.text(x_in, 505, tr("{model}: MLP", model=MODELS[plain_name].display_name), ha="left", va="center",
+            fontsize=24, weight="bold")
+    _box(ax, x_in, y - 30, w_in, 60, f"$x$ ({num(plain.d_model, ',d')})", LIGHT_GREY)
+    matrix(x_w1, y, "$W_{in}$", plain.d_model, plain.d_mlp, LIGHT_BLUE)
+    _box(ax, x_act, y - 30, w_act, 60, _activation(plain), LIGHT_ORANGE)
+    matrix(x_w2, y, "$W_{out}$", plain.d_mlp, plain.d_model, LIGHT_BLUE)
+    _box(ax, x_out, y - 30, w_out, 60, tr("output"), LIGHT_GREY)
+    for a, b in ((x_in + w_in, x_w1), (x_w1 + w_w, x_act), (x_act + w_act, x_w2), (x_w2 + w_w, x_out)):
+        _arrow(ax, (a, y), (b, y))
+    ax.text(x_in, 335, tr("$W_{{out}}\\,\\mathrm{{{act}}}(W_{{in}}\\,x)$    2 matrices: {p} parameters per layer",
+                          act=_activation(plain), p=_params_millions(_mlp_params(plain))),
+            ha="left", va="center", fontsize=24)
+    ax.axhline(295, xmin=0.005, xmax=0.995, color="#bbbbbb", lw=1.5)
+    # SmolLM2 / Llama: x -> (SiLU(W_gate x)) * (W_up x) -> W_down
+    y_gate, y_up = 205, 105
+    y_mid = (y_gate + y_up) / 2
+    ax.text(x_in, 265, tr("{model}: gated MLP ({kind})", model=MODELS[gated_name].display_name, kind=_mlp_kind(gated)), ha="left",
+            va="center", fontsize=24, weight="bold")
+    _box(ax, x_in, y_mid - 30, w_in, 60, f"$x$ ({num(gated.d_model, ',d')})", LIGHT_GREY)
+    matrix(x_w1, y_gate, "$W_{gate}$", gated.d_model, gated.d_mlp, LIGHT_BLUE)
+    matrix(x_w1, y_up, "$W_{up}$", gated.d_model, gated.d_mlp, LIGHT_BLUE)
+    _box(ax, x_act, y_gate - 30, w_act, 60, _activation(gated), LIGHT_ORANGE)
+    _hadamard(ax, x_mul + 17, y_mid)
+    matrix(x_w2, y_mid, "$W_{down}$", gated.d_mlp, gated.d_model, LIGHT_BLUE)
+    _box(ax, x_out, y_mid - 30, w_out, 60, tr("output"), LIGHT_GREY)
+    _arrow(ax, (x_in + w_in, y_mid + 10), (x_w1, y_gate), rad=-0.15)
+    _arrow(ax, (x_in + w_in, y_mid - 10), (x_w1, y_up), rad=0.15)
+    _arrow(ax, (x_w1 + w_w, y_gate), (x_act, y_gate))
+    _arrow(ax, (x_act + w_act, y_gate), (x_mul + 17, y_mid + 17), rad=-0.25)
+    _arrow(ax, (x_w1 + w_w, y_up), (x_mul + 17, y_mid - 17), rad=0.2)
+    _arrow(ax, (x_mul + 34, y_mid), (x_w2, y_mid))
+    _arrow(ax, (x_w2 + w_w, y_mid), (x_out, y_mid))
+    ax.text(x_in, 25, tr("$W_{{down}}\\,(\\mathrm{{{act}}}(W_{{gate}}\\,x) \\odot W_{{up}}\\,x)$    3 matrices: {p} "
+                         "parameters per layer", act=_activation(gated), p=_params_millions(_mlp_params(gated))),
+            ha="left", va="center", fontsize=24)
+    return fig
+
+
+@figure("mlp_gated", description="GPT-2's MLP, W_out GELU(W_in x), beside the gated MLP (SwiGLU) of SmolLM2 and "
+        "Llama, W_down (SiLU(W_gate x) * W_up x), with each model's sizes from its config")
+def mlp_gated(ctx: FigureContext) -> FigureOutput:
+    archs = _architectures(ctx)
+    plain_name = next(name for name, a in archs.items() if not a.gated_mlp)
+    gated_name = ctx.model_name if archs[ctx.model_name].gated_mlp else next(
+        name for name, a in archs.items() if a.gated_mlp)
+    return FigureOutput(lambda: _draw_mlps(archs[plain_name], plain_name, archs[gated_name], gated_name), results={
+        "models": {name: {"d_model": a.d_model, "d_mlp": a.d_mlp, "activation": _activation(a),
+                          "gated": a.gated_mlp, "matrices": 3 if a.gated_mlp else 2,
+                          "mlp_params_per_layer": _mlp_params(a),
+                          "mlp_params_per_layer_millions": round(_mlp_params(a) / 1e6, 2),
+                          "d_mlp_over_d_model": round(a.d_mlp / a.d_model, 3)}
+                   for name, a in archs.items()},
+    })

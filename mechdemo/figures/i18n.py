@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from typing import Iterator
 
 from mechdemo.errors import MechdemoError
@@ -98,10 +99,10 @@ def localize_ticks(fig) -> None:
             self.inner.set_locs(locs)
 
         def format_ticks(self, values):
-            return [num_text(s) for s in self.inner.format_ticks(values)]
+            return [_number_text(s) for s in self.inner.format_ticks(values)]
 
         def __call__(self, x, pos=None):
-            return num_text(self.inner(x, pos))
+            return _number_text(self.inner(x, pos))
 
         def get_offset(self):
             return num_text(self.inner.get_offset())
@@ -113,6 +114,13 @@ def localize_ticks(fig) -> None:
                 inner = get()
                 if not isinstance(inner, Comma):
                     set_(Comma(inner))
+
+
+def _number_text(label: str) -> str:
+    """A tick label in Spanish notation if it is a number (or mathtext); labels with letters as written:
+    tokens such as '.', and text whose numbers are already formatted with :func:`num`."""
+    numeric = any(c.isdigit() for c in label) and not re.search(r"[A-Za-z]", label)
+    return num_text(label) if numeric or label.startswith("$") else label
 
 
 def num_text(text: str) -> str:
@@ -129,7 +137,49 @@ ES: dict[str, str] = {
     "layer": "capa",
     "{model}": "{model}",
     # ---- architecture
+    "{n} M": "{n} M",
+    "residual stream  (d_model = {d})": "residual stream  (d_model = {d})",
+    "tokens (BPE)\n→ ids": "tokens (BPE)\n→ ids",
+    "Embedding $W_E$\n{v} × {d}": "Embedding $W_E$\n{v} × {d}",
+    "× {n} layers": "× {n} capas",
+    "Grouped-query attention\n{h} query heads, {kv} K/V\nd_head = {dh}, RoPE": "Grouped-query attention\n{h} heads de Q, {kv} de K/V\nd_head = {dh}, RoPE",
+    "Multi-head attention\n{h} heads, d_head = {dh}": "Multi-head attention\n{h} heads, d_head = {dh}",
+    "MLP ({act})\n{d} → {m} → {d}": "MLP ({act})\n{d} → {m} → {d}",
+    "final {norm}": "{norm} final",
+    "Unembedding\n$W_U = W_E^T$": "Unembedding\n$W_U = W_E^T$",
+    "Unembedding\n$W_U$": "Unembedding\n$W_U$",
+    "logits →\nnext token": "logits →\nsiguiente token",
+    "Layers": "Capas",
+    "Query / K/V heads": "Heads de query / K/V",
+    "Vocabulary": "Vocabulario",
+    "Context": "Contexto",
+    "Norm": "Norma",
+    "Positions": "Posiciones",
+    "learned": "aprendidas",
+    "gated {act}": "{act} con gate",
+    "Tied $W_E$ / $W_U$": "$W_E$ y $W_U$ compartidas",
+    "yes": "sí",
+    "no": "no",
+    "Parameters": "Parámetros",
+    "{model}: MLP": "{model}: MLP",
+    "output": "salida",
+    "$W_{{out}}\\,\\mathrm{{{act}}}(W_{{in}}\\,x)$    2 matrices: {p} parameters per layer": "$W_{{out}}\\,\\mathrm{{{act}}}(W_{{in}}\\,x)$    2 matrices: {p} de parámetros por capa",
+    "{model}: gated MLP ({kind})": "{model}: MLP con gate ({kind})",
+    "$W_{{down}}\\,(\\mathrm{{{act}}}(W_{{gate}}\\,x) \\odot W_{{up}}\\,x)$    3 matrices: {p} parameters per layer": "$W_{{down}}\\,(\\mathrm{{{act}}}(W_{{gate}}\\,x) \\odot W_{{up}}\\,x)$    3 matrices: {p} de parámetros por capa",
+    "Gated MLP\n({kind})\n{d} → {m} → {d}": "MLP con gate\n({kind})\n{d} → {m} → {d}",
     # ---- attention (head scores, attention patterns)
+    "previous-token head": "previous-token head",
+    "current-token head": "current-token head",
+    "first-token head": "first-token head",
+    "duplicate-token head": "duplicate-token head",
+    "induction head": "induction head",
+    "score: share of attention on the keys the rule names": "score: fracción de la atención en las keys que nombra la regla",
+    "key (attended to)": "key (token atendido)",
+    "query": "query",
+    "attention weight": "peso de atención",
+    "keys the rule names": "keys que nombra la regla",
+    "Attention patterns of the best head of each type — {model}": "Patrones de atención de la mejor head de cada tipo — {model}",
+    "Sentence: \"{sentence}\". Click a head to enlarge it; hover a token to see where it attends. Works offline.": "Frase: \"{sentence}\". Un clic en una head la amplía; al pasar el mouse sobre un token se ve adónde mira. Funciona offline.",
     # ---- induction
     "loss per token": "pérdida por token",
     "position of the predicted token": "posición del token predicho",
@@ -142,11 +192,124 @@ ES: dict[str, str] = {
     "repeat starts": "empieza la repetición",
     "induction score": "induction score",
     # ---- circuits (QK / OV)
+    "logit raised (output token)": "logit que sube (token de salida)",
+    "attended token": "token atendido",
+    "logit change (row-centred)": "cambio de logit (centrado por fila)",
+    "top {n} induction heads": "las {n} mejores induction heads",
+    "top {n} copying heads": "las {n} heads que más copian",
+    "induction score (attention: where it looks)": "induction score (atención: adónde mira)",
+    "copying score (OV: what it writes)": "copying score (OV: qué escribe)",
+    "top {n} induction heads (keys that read)": "las {n} mejores induction heads (keys que leen)",
+    "previous-token heads\n(output written)": "previous-token heads\n(salida escrita)",
+    "mean of all pairs: {value}": "media de todos los pares: {value}",
+    "key position": "posición de la key",
+    "query position": "posición de la query",
+    "positional score": "score posicional",
+    "offset q − k (0 = the query itself, 1 = the previous token)": "offset q − k (0 = la propia query, 1 = el token anterior)",
+    "mean score (pre-softmax)": "score medio (antes del softmax)",
     # ---- ioi
+    "clean": "limpio",
+    "corrupted": "corrompido",
+    "mean LD {ld}": "LD medio {ld}",
+    "copy ONE clean activation\n(one layer, one position or head)": "se copia UNA activación limpia\n(una capa, una posición o una head)",
+    "LD = logit(IO) − logit(S), mean over the {n} prompts of the batch": "LD = logit(IO) − logit(S), media de los {n} prompts del batch",
+    "score = (LD patched − LD corrupted) / (LD clean − LD corrupted)": "score = (LD con patch − LD corrompido) / (LD limpio − LD corrompido)",
+    "1 = the clean answer is back;  0 = no effect": "1 = vuelve la respuesta limpia;  0 = sin efecto",
+    "patching score (1 = clean)": "score de patching (1 = limpio)",
+    "other heads": "otras heads",
+    "MLPs": "MLPs",
+    "embeddings": "embeddings",
+    "logit diff": "logit diff",
+    "logit(IO) − logit(S)": "logit(IO) − logit(S)",
+    "heads → logits": "heads → logits",
+    "heads → name movers' queries": "heads → queries de los name movers",
+    "effect": "efecto",
+    "after the\nname movers": "después de los\nname movers",
+    "logits": "logits",
+    "{kind}-composition": "{kind}-composition",
+    "previous-token": "previous-token",
+    "duplicate-token": "duplicate-token",
+    "induction": "induction",
+    "S-inhibition": "S-inhibition",
+    "name mover": "name mover",
+    "backup name mover": "backup name mover",
+    "negative name mover": "negative name mover",
+    "copy suppression": "copy suppression",
+    "other direct effects": "otros efectos directos",
+    "each head's output": "salida de cada head",
+    "residual stream": "residual stream",
+    "{name}: r = {r}": "{name}: r = {r}",
+    "other positions: r = {r}": "otras posiciones: r = {r}",
+    "position S2": "posición S2",
+    "activation patching (exact)": "activation patching (exacto)",
+    "attribution patching (estimate)": "attribution patching (estimación)",
     # ---- superposition
+    "S = {s}: {n} of {total} features": "S = {s}: {n} de {total} features",
+    "orthogonal": "ortogonales",
+    "antipodal pairs": "pares antipodales",
+    "pentagon": "pentágono",
+    "no regular shape": "sin forma regular",
+    "correlated: present together": "correlacionadas: aparecen juntas",
+    "anticorrelated: never together": "anticorrelacionadas: nunca juntas",
+    "cos(x0, x1) = {a}   cos(x2, x3) = {b}": "cos(x0, x1) = {a}   cos(x2, x3) = {b}",
+    "pentagons": "pentágonos",
+    "each feature: Dᵢ": "cada feature: Dᵢ",
+    "whole model": "modelo entero",
+    "1 / (1 − S): how rare each feature is": "1 / (1 − S): cuán rara es cada feature",
+    "dimensions per feature": "dimensiones por feature",
     # ---- sae
+    "top activations on held-out text": "activaciones máximas en texto held-out",
+    "promoted logits": "logits promovidos",
+    "TopK": "TopK",
+    "ReLU + L1": "ReLU + L1",
+    "JumpReLU": "JumpReLU",
+    "explained variance": "varianza explicada",
+    "loss recovered": "loss recovered",
+    "L0: active features per token (held-out text)": "L0: features activas por token (texto held-out)",
+    "{p}%": "{p} %",
     # ---- mlp
+    "AI & education": "IA y educación",
+    "biology": "biología",
+    "mathematics": "matemáticas",
+    "art": "arte",
+    "MLP output of layer {layer}": "salida de la MLP de la capa {layer}",
+    "Gaussian with the same mean and variance": "gaussiana con la misma media y varianza",
+    "activation value": "valor de activación",
+    "density (log scale)": "densidad (escala log)",
+    "beyond ±{k} σ:\n{share} of the values\n(Gaussian: {g})": "más allá de ±{k} σ:\n{share} de los valores\n(gaussiana: {g})",
+    "dim {dim}: {ratio}× the median\n(largest on {token})": "dim {dim}: {ratio}× la mediana\n(máximo en {token})",
+    "median dimension: {value}": "dimensión mediana: {value}",
+    "residual-stream dimension": "dimensión del residual stream",
+    "mean |activation|": "|activación| media",
+    "activation value (central range)": "valor de activación (rango central)",
+    "density": "densidad",
+    "PC 1 ({share} of the variance)": "PC 1 ({share} de la varianza)",
+    "PC 2 ({share})": "PC 2 ({share})",
+    "text tokens (mean)": "tokens del texto (media)",
+    "BOS token": "token BOS",
+    "‖MLP output‖ (log scale)": "‖salida de la MLP‖ (escala log)",
+    "if spread evenly ({share})": "si se repartiera por igual ({share})",
+    "layer {layer}\n(previous figures)": "capa {layer}\n(figuras anteriores)",
+    "% of the squared norm": "% de la norma al cuadrado",
+    "the {k} largest of {d} dimensions": "las {k} mayores de {d} dimensiones",
+    "dim {dim}: {ratio}× the median": "dim {dim}: {ratio}× la mediana",
+    "all {n} peak on the token {token}": "las {n} tienen su máximo en el token {token}",
     # ---- generation
+    "{p}   (logit {z})": "{p}   (logit {z})",
+    "probability = softmax(logits), over {n} tokens": "probabilidad = softmax(logits), sobre {n} tokens",
+    "generation step (greedy takes the top row)": "paso de generación (greedy toma la fila de arriba)",
+    "1st": "1.º",
+    "2nd": "2.º",
+    "3rd": "3.º",
+    "with the cache: one token per step": "con cache: un token por paso",
+    "without the cache: the whole sequence per step": "sin cache: toda la secuencia en cada paso",
+    "{what} ({s} s in total)": "{what} ({s} s en total)",
+    "position of the generated token": "posición del token generado",
+    "ms per token (CPU)": "ms por token (CPU)",
+    "2 × layers × K/V heads × d_head × tokens × bytes": "2 × capas × heads K/V × d_head × tokens × bytes",
+    "  {mb} MB ({ratio}× too much)": "  {mb} MB ({ratio}× de más)",
+    "KV cache for {n} tokens (MB)": "KV cache para {n} tokens (MB)",
+    "the same with query heads": "lo mismo con las heads de query",
 }
 
 TABLE: dict[str, dict[str, str]] = {"es": ES}

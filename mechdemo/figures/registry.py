@@ -185,9 +185,10 @@ def check_text_size(fig, name: str) -> tuple[tuple[float, float], float]:
     """(size in inches, smallest font in pt) of a drawn figure; an error if text is too small."""
     from mechdemo.figures import style
 
-    size = tuple(round(float(x), 3) for x in fig.get_size_inches())
+    inches = tuple(float(x) for x in fig.get_size_inches())
+    size = tuple(round(x, 3) for x in inches)
     points, text = style.smallest_text(fig)
-    px = points / 72 * style.shown_px_per_inch(size)
+    px = points / 72 * style.shown_px_per_inch(inches)
     if px < style.MIN_TEXT_PX - 1e-6:
         raise FigureTextTooSmall(
             f"figure {name}: text {text!r} is {points:g} pt, {px:.1f} px on the slide (figure {size[0]:g} x "

@@ -1,19 +1,21 @@
-"""Sparse autoencoders on a real model: sae_features.png and sae_tradeoff.png.
+"""Sparse autoencoders on a real model: ``sae_tradeoff`` and ``sae_feature_1`` ... ``sae_feature_4``.
 
-Both train SAEs (SAELens, through :mod:`mechdemo.sae`) on the MLP output of the offline model's
+They train SAEs (SAELens, through :mod:`mechdemo.sae`) on the MLP output of the offline model's
 middle layer, read from an activation dataset built by :func:`mechdemo.datasets.extract` on the
 offline corpus. The dataset is cached under the mechdemo cache folder (building it is the slow part:
 a forward pass to the middle layer for every token; extraction resumes and verifies shards, so a
 cached copy is exactly what a rebuild would write). The SAEs are retrained on every run from fixed
-seeds: a few minutes on a laptop CPU, so they are small and briefly trained, and the figures say so.
+seeds: a few minutes on a laptop CPU, so they are small and briefly trained, and the slides say so.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import re
+
 import torch
 
 from mechdemo.figures import style
+from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
 
 TOKENS = 20_000  # activation dataset size (the last quarter is held out)
@@ -64,7 +66,7 @@ def _dataset(ctx: FigureContext):
 
 
 def _train_setting(ctx: FigureContext, arch: str, fields: dict):
-    """One SAE of the sweep, trained once per run (``sae_features`` and ``sae_tradeoff`` share it)."""
+    """One SAE of the sweep, trained once per run (the feature figures and ``sae_tradeoff`` share it)."""
     from mechdemo.sae import SAETrainConfig, train_sae
 
     def compute():
@@ -102,115 +104,239 @@ def _rounded(metrics: dict) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
+PICK_FREQUENCY = (1e-3, 3e-2)  # pick_features: fires on more than 0.1 % and less than 3 % of held-out tokens
+N_FEATURES = 4  # features shown, one figure each: sae_feature_1 ... sae_feature_4
+N_CONTEXTS = 5  # top-activating contexts drawn per feature
+N_FREQUENT = 20  # top activations whose tokens name what a feature fires on
+N_PROMOTED = 6  # promoted tokens drawn per feature
+
+
 def pick_features(values: torch.Tensor, fired: torch.Tensor, n_tokens: int, n: int = 4) -> list[int]:
     """``n`` features to show, by a fixed rule rather than by hand: among those that fire on 0.1-3% of
-    the held-out tokens (neither near-dead nor dense), the ``n`` with the strongest top activation."""
+    the held-out tokens (neither near-dead nor dense, :data:`PICK_FREQUENCY`), the ``n`` with the
+    strongest top activation."""
+    low, high = PICK_FREQUENCY
     freq = fired.float() / n_tokens
-    candidates = torch.nonzero((freq > 1e-3) & (freq < 3e-2)).flatten()
+    candidates = torch.nonzero((freq > low) & (freq < high)).flatten()
     order = candidates[values[candidates, 0].argsort(descending=True)]
     return [int(f) for f in order[:n]]
 
 
-def _draw_context(ax, y: float, context: dict, value: float, colour, renderer) -> None:
-    """One context line: preceding text right-aligned up to the highlighted token, then what follows."""
-    clean = lambda s: s.replace("\n", "⏎ ").replace("\t", " ")  # noqa: E731
-    before = clean(context["before"])[-48:]
-    x0 = 0.50
-    ax.text(x0, y, before, ha="right", va="center", fontsize=13, color=style.GREY, family="monospace")
-    token = ax.text(x0, y, clean(context["token"]), ha="left", va="center", fontsize=13, family="monospace",
-                    weight="bold", bbox={"boxstyle": "round,pad=0.15", "fc": colour, "ec": "none", "alpha": 0.45})
-    width = token.get_window_extent(renderer).transformed(ax.transAxes.inverted()).width
-    ax.text(x0 + width + 0.004, y, clean(context["after"])[:14], ha="left", va="center", fontsize=13,
-            color=style.GREY, family="monospace")
-    ax.text(0.0, y, f"{value:.1f}", ha="left", va="center", fontsize=13, color="black", weight="bold")
+def _quoted(tokens: list[str]) -> str:
+    return ", ".join(f"“{t}”" for t in tokens)
 
 
-@figure("sae_features", description="What SAE features mean: top-activating contexts (activating token "
-        "highlighted) and the tokens each feature's decoder direction promotes, for a TopK SAE on the middle layer")
-def sae_features(ctx: FigureContext) -> FigureOutput:
-    import matplotlib.pyplot as plt
+def frequent_tokens(tokens: list[str], most: int = 3) -> tuple[list[str], float]:
+    """What a feature fires on, read off the tokens of its top activations: the most frequent ones
+    (stripped of spaces; at most ``most``, those seen at least twice, or the single most frequent),
+    and the share of ``tokens`` they account for."""
+    from collections import Counter
 
+    counts = Counter(t.strip() or repr(t) for t in tokens).most_common()
+    chosen = [t for t, c in counts[:most] if c >= 2] or [counts[0][0]]
+    share = sum(c for t, c in counts if t in chosen) / len(tokens)
+    return chosen, share
+
+
+def _features(ctx: FigureContext) -> dict:
+    """The shown features of the TopK SAE, computed once per run (each ``sae_feature_<n>`` draws one):
+    their top held-out activations and contexts, firing frequency and promoted tokens."""
     from mechdemo.datasets import from_uint16
     from mechdemo.sae import promoted_tokens, split_shards, token_contexts, top_activations
 
-    arch, fields = FEATURE_SAE
-    _, sae = _train_setting(ctx, arch, fields)  # the sweep's SAE of this setting
-    data = _dataset(ctx)
-    layer = data.manifest["config"]["layer"]
-    _, (heldout,) = split_shards(data)
-    x = from_uint16(data.shard_bits(heldout)).float()
-    values, rows, fired = top_activations(sae, x, k=5)
-    features = pick_features(values, fired, len(x))
-    promoted = promoted_tokens(sae, ctx.model, features, k=6)
+    def compute():
+        arch, fields = FEATURE_SAE
+        _, sae = _train_setting(ctx, arch, fields)  # the sweep's SAE of this setting
+        data = _dataset(ctx)
+        _, (heldout,) = split_shards(data)
+        x = from_uint16(data.shard_bits(heldout)).float()
+        values, rows, fired = top_activations(sae, x, k=N_FREQUENT)
+        features = pick_features(values, fired, len(x), n=N_FEATURES)
+        if len(features) < N_FEATURES:  # (a tiny small-scale SAE) the strongest firing features fill in
+            extra = [int(f) for f in values[:, 0].argsort(descending=True) if fired[f] > 0 and int(f) not in features]
+            features += extra[: N_FEATURES - len(features)]
+        promoted = promoted_tokens(sae, ctx.model, features, k=N_PROMOTED)
+        token_ids = data.table(heldout).column("token_id").to_numpy()
+        shown = []
+        for f, logits in zip(features, promoted):
+            top = [(float(v), int(r)) for v, r in zip(values[f].tolist(), rows[f].tolist()) if v > 0]
+            tokens = [ctx.model.tokenizer.decode([int(token_ids[r])]) for _, r in top]
+            chosen, share = frequent_tokens(tokens)
+            shown.append({
+                "feature": f,
+                "frequency": round(float(fired[f]) / len(x), 5),
+                "contexts": token_contexts(data, heldout, [r for _, r in top[:N_CONTEXTS]], ctx.model.tokenizer),
+                "activations": [v for v, _ in top[:N_CONTEXTS]],
+                "tokens": tokens,
+                "frequent": chosen,
+                "frequent_share": share,
+                "promoted": logits,
+            })
+        return {"layer": data.manifest["config"]["layer"], "arch": arch, "fields": fields, "d_sae": sae.cfg.d_sae,
+                "heldout_tokens": len(x), "features": shown}
 
-    fig = plt.figure(figsize=(20, 11))
-    grid = fig.add_gridspec(len(features), 2, width_ratios=[3.2, 1], hspace=0.45, wspace=0.05)
-    renderer = fig.canvas.get_renderer()
-    colours = [style.BLUE, style.ORANGE, style.GREEN, style.PURPLE]
-    results = []
-    for i, f in enumerate(features):
-        contexts = token_contexts(data, heldout, rows[f].tolist(), ctx.model.tokenizer)
-        ax = fig.add_subplot(grid[i, 0])
-        ax.set_axis_off()
-        ax.set_xlim(0, 1)
-        ax.set_ylim(-0.5, len(contexts) - 0.5)
-        ax.invert_yaxis()
-        for j, (c, v) in enumerate(zip(contexts, values[f].tolist())):
-            _draw_context(ax, j, c, v, colours[i], renderer)
-        ax.set_title(f"feature {f}: fires on {fired[f] / len(x):.2%} of held-out tokens — top activations",
-                     loc="left", fontsize=15)
-        bar = fig.add_subplot(grid[i, 1])
-        names = [repr(t)[1:-1] for t, _ in promoted[i]]
-        bar.barh(range(len(names)), [v for _, v in promoted[i]], color=colours[i], alpha=0.8)
-        bar.set_yticks(range(len(names)))
-        bar.set_yticklabels(names, fontsize=12, family="monospace")
-        bar.invert_yaxis()
-        bar.tick_params(axis="x", labelsize=11)
-        if i == 0:
-            bar.set_title("promoted logits (direct)", fontsize=15)
-        results.append({"feature": f, "frequency": round(float(fired[f]) / len(x), 5),
-                        "top_tokens": [c["token"] for c in contexts],
-                        "top_activations": [round(v, 3) for v in values[f].tolist()],
-                        "promoted": [t for t, _ in promoted[i]]})
-    style.suptitle(fig, f"SAE features on MLP {layer}", ctx.model_label,
-                   subtitle=f"TopK SAE (k = {fields['k']}, {sae.cfg.d_sae:,} features) trained on the offline corpus; "
-                            "contexts from held-out text, activating token highlighted, activation on the left. "
-                            "Bars: W_dec[f] · γ · W_U")
-    fig.subplots_adjust(top=0.87, bottom=0.03, left=0.02, right=0.98)
-    return FigureOutput(fig, results={"layer": layer, "architecture": arch, **fields, "features": results})
+    return ctx.computed("sae.features", compute)
+
+
+def _clean(text: str) -> str:
+    """One line of text: newlines shown as ⏎, runs of spaces (code indentation) as one."""
+    return re.sub(r" {2,}", " ", text.replace("\n", "⏎ ").replace("\t", " "))
+
+
+CONTEXT_FONT = 20
+BEFORE_CHARS, AFTER_CHARS, TICK_CHARS = 36, 14, 12  # characters shown (monospace)
+
+
+def _draw_context(ax, y: float, context: dict, value: float, colour) -> None:
+    """One context line (monospace, positions in points from the panel's left edge): the
+    activation, the preceding text right-aligned up to the highlighted token, then what follows."""
+    from matplotlib import transforms
+
+    char = 0.6 * CONTEXT_FONT  # DejaVu Sans Mono's advance, in points
+    before = _clean(context["before"])[-BEFORE_CHARS:]
+    token = _clean(context["token"])
+    after = _clean(context["after"])[:AFTER_CHARS]
+    mono = {"fontsize": CONTEXT_FONT, "family": "DejaVu Sans Mono", "va": "center"}
+
+    def at(points: float):
+        return transforms.offset_copy(ax.get_yaxis_transform(), fig=ax.figure, x=points, y=0, units="points")
+
+    edge = 6 * char + BEFORE_CHARS * char  # where the token starts
+    ax.text(0, y, num(value, ".1f"), ha="left", weight="bold", transform=at(0), **mono)
+    ax.text(0, y, before, ha="right", color=style.GREY, transform=at(edge), **mono)
+    ax.text(0, y, token, ha="left", weight="bold", transform=at(edge),
+            bbox={"boxstyle": "round,pad=0.2", "fc": colour, "ec": "none", "alpha": 0.45}, **mono)
+    ax.text(0, y, after, ha="left", color=style.GREY, transform=at(edge + char * (len(token) + 0.6)), **mono)
+
+
+def _feature_figure(ctx: FigureContext, rank: int) -> FigureOutput:
+    info = _features(ctx)
+    feat = info["features"][rank - 1]
+    colour = [style.BLUE, style.ORANGE, style.GREEN, style.PURPLE][(rank - 1) % 4]
+    contexts, activations, promoted = feat["contexts"], feat["activations"], feat["promoted"]
+
+    def draw():
+        import matplotlib.pyplot as plt
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=style.SLIDE, width_ratios=[3.0, 1.0])
+        left.set_axis_off()
+        left.set_xlim(0, 1)
+        left.set_ylim(len(contexts) - 0.5, -0.5)
+        left.set_title(tr("top activations on held-out text"), loc="left")
+        for j, (c, v) in enumerate(zip(contexts, activations)):
+            _draw_context(left, j, c, v, colour)
+        # a leading space shown, so that " string" and "string" differ
+        names = [re.sub(r"^ ", "␣", repr(t)[1:-1]) for t, _ in promoted]
+        names = [n if len(n) <= TICK_CHARS else n[: TICK_CHARS - 1] + "…" for n in names]
+        right.barh(range(len(names)), [v for _, v in promoted], color=colour, alpha=0.85)
+        right.set_yticks(range(len(names)))
+        right.set_yticklabels(names, family="DejaVu Sans Mono")
+        right.invert_yaxis()
+        right.set_title(tr("promoted logits"))
+        right.xaxis.set_major_locator(plt.MaxNLocator(3))
+        return fig
+
+    return FigureOutput(draw, results={
+        "layer": info["layer"], "architecture": info["arch"], **info["fields"], "d_sae": info["d_sae"],
+        "rank": rank, "n_features": N_FEATURES, "feature": feat["feature"], "frequency": feat["frequency"],
+        "heldout_tokens": info["heldout_tokens"],
+        "pick_frequency": list(PICK_FREQUENCY),
+        "top_tokens": feat["tokens"][:N_CONTEXTS],
+        "top_activations": [round(v, 3) for v in activations],
+        "n_frequent": len(feat["tokens"]),
+        "frequent_tokens": _quoted(feat["frequent"]),
+        "frequent_share": round(feat["frequent_share"], 4),
+        "promoted": [t for t, _ in promoted],
+        "promoted_tokens": _quoted(list(dict.fromkeys(t.strip() or repr(t) for t, _ in promoted))[:3]),
+    })
+
+
+def _register_feature_figure(rank: int) -> None:
+    @figure(f"sae_feature_{rank}", description=f"SAE feature {rank} of {N_FEATURES} (picked by rule): its "
+            "top-activating held-out contexts, activating token highlighted, and the tokens its decoder "
+            "direction promotes")
+    def sae_feature(ctx: FigureContext) -> FigureOutput:
+        return _feature_figure(ctx, rank)
+
+    sae_feature.__qualname__ = sae_feature.__name__ = f"sae_feature_{rank}"
+
+
+for _rank in range(1, N_FEATURES + 1):
+    _register_feature_figure(_rank)
+
+
+def _commands(ctx: FigureContext, data) -> dict[str, str]:
+    """The CLI commands that build this dataset and train and evaluate the shown SAE (FEATURE_SAE)
+    with the settings the figures use: flags the CLI's defaults do not already give."""
+    from mechdemo.corpus import OFFLINE_CORPUS
+    from mechdemo.sae import SAETrainConfig
+
+    c = data.manifest["config"]
+    layer = c["layer"]
+    extract = f"mechdemo extract --layer {layer} --max-tokens {c['max_tokens']} --shard-size {c['shard_size']}"
+    for flag, key, default in (("--seq-len", "seq_len", 128), ("--batch-size", "batch_size", 16),
+                               ("--corpus", "corpus", OFFLINE_CORPUS)):
+        if c[key] != default:
+            extract += f" {flag} {c[key]}"
+    arch, fields = FEATURE_SAE
+    cfg = SAETrainConfig(architecture=arch, expansion=EXPANSION, seed=ctx.seed, training_tokens=_train_samples(ctx),
+                         **fields)
+    default = SAETrainConfig()
+    train = f"mechdemo sae train --data acts{layer}/ --out sae{layer}/ \\\n    --architecture {arch}"
+    for flag, key in (("--k", "k"), ("--l1", "l1_coefficient"), ("--l0", "l0_coefficient"),
+                      ("--expansion", "expansion"), ("--tokens", "training_tokens"), ("--batch-size", "batch_size"),
+                      ("--lr", "lr"), ("--seed", "seed")):
+        relevant = {"k": "topk", "l1_coefficient": "relu", "l0_coefficient": "jumprelu"}.get(key, arch) == arch
+        if relevant and (getattr(cfg, key) != getattr(default, key) or key in fields):
+            train += f" {flag} {getattr(cfg, key):g}"
+    return {
+        "extract": f"{extract} --out acts{layer}/",
+        "train": f"{train} --no-model",
+        "eval": f"mechdemo sae eval --sae sae{layer}/ --data acts{layer}/ "
+                f"--eval-sequences {ctx.pick(EVAL_SEQUENCES, SMALL['n_sequences'])}",
+    }
 
 
 @figure("sae_tradeoff", description="SAEs on the middle layer's MLP output: sparsity (L0) against explained "
         "variance and loss recovered, for TopK, ReLU + L1 and JumpReLU across their sparsity settings")
 def sae_tradeoff(ctx: FigureContext) -> FigureOutput:
-    import matplotlib.pyplot as plt
+    from mechdemo.sae import DENSE_THRESHOLD
 
     runs = _sweep(ctx)
     data = _dataset(ctx)
     layer = data.manifest["config"]["layer"]
-    fig, axes = plt.subplots(1, 2, figsize=(17, 7.5))
+    curves = {}
     for arch in SWEEP:
         points = sorted((r for r in runs if r["arch"] == arch), key=lambda r: r["metrics"]["l0"])
-        l0 = [r["metrics"]["l0"] for r in points]
-        for ax, key in zip(axes, ("explained_variance", "loss_recovered")):
-            y = [r["metrics"][key] for r in points]
-            ax.plot(l0, y, "o-", color=ARCH_COLOUR[arch], lw=2.5, ms=10, label=ARCH_LABEL[arch])
-            for r, x_, y_ in zip(points, l0, y):
-                ax.annotate(r["setting"], (x_, y_), textcoords="offset points", fontsize=12, color=ARCH_COLOUR[arch],
-                            xytext=(-10, 10) if arch == "jumprelu" else (6, -16), ha="right" if arch == "jumprelu" else "left")
-    for ax, label in zip(axes, ("explained variance  1 − FVU", "loss recovered  (zero-ablation = 0, model = 1)")):
-        ax.set_xscale("log")
-        ax.set_xlabel("L0: active features per token (held out)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right")
+        curves[arch] = ([r["metrics"]["l0"] for r in points],
+                        {key: [r["metrics"][key] for r in points] for key in ("explained_variance", "loss_recovered")})
+
+    def draw():
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+        fig, axes = plt.subplots(1, 2, figsize=style.SLIDE, sharex=True)
+        for arch, (l0, ys) in curves.items():
+            for ax, key in zip(axes, ("explained_variance", "loss_recovered")):
+                ax.plot(l0, ys[key], "o-", color=ARCH_COLOUR[arch], lw=3, ms=12, label=tr(ARCH_LABEL[arch]))
+        for ax, title in zip(axes, ("explained variance", "loss recovered")):
+            ax.set_title(tr(title))
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator([10, 30, 100]))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels(["10", "30", "100"])
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: tr("{p}%", p=num(100 * v, ".0f"))))
+            ax.grid(alpha=0.3)
+            ax.margins(y=0.08)
+        fig.supxlabel(tr("L0: active features per token (held-out text)"), fontsize=22)
+        axes[0].legend(loc="lower right")
+        return fig
+
     d_sae = EXPANSION * data.d_model
-    style.suptitle(fig, f"SAE sparsity vs reconstruction, MLP {layer}", ctx.model_label,
-                   subtitle=f"{d_sae:,} features each, {_train_samples(ctx):,} training samples (CPU-sized: under a minute "
-                            f"per SAE). Held out: reconstruction on {runs[0]['metrics']['tokens']:,} tokens, loss on "
-                            f"{runs[0]['metrics']['ce_tokens']:,} predictions. Up and left is better")
-    fig.subplots_adjust(top=0.84, wspace=0.25)
-    return FigureOutput(fig, results={
-        "layer": layer, "d_sae": d_sae, "train_samples": _train_samples(ctx), "dataset_tokens": len(data),
+    return FigureOutput(draw, results={
+        "layer": layer, "d_sae": d_sae, "expansion": EXPANSION, "train_samples": _train_samples(ctx),
+        "dataset_tokens": len(data), "n_saes": len(runs), "dense_threshold": DENSE_THRESHOLD,
+        "eval_sequences": ctx.pick(EVAL_SEQUENCES, SMALL["n_sequences"]),
+        "commands": _commands(ctx, data),
         "saes": [{"architecture": r["arch"], "setting": r["setting"], **_rounded(r["metrics"])} for r in runs],
     })

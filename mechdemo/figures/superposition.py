@@ -1,7 +1,12 @@
-"""Toy models of superposition: superposition.png, superposition_correlation.png, superpositionhip.png.
+"""Toy models of superposition (Elhage et al. 2022): no language model involved, the slides say "toy model".
 
-All three train small models from :mod:`mechdemo.superposition` on CPU with fixed seeds (no
-language model involved: the figures say "toy model").
+* ``superposition`` and ``superposition_sparse``: 5 features in 2 dimensions, one model per sparsity,
+  trained together once (``ctx.computed``); the first figure shows the dense end of the sweep, the
+  second the sparse end.
+* ``superposition_correlation``: correlated pairs end up orthogonal, anticorrelated pairs antipodal.
+* ``superpositionhip``: 100 features in 10 dimensions, the dimensions each feature gets as sparsity grows.
+
+All train small models from :mod:`mechdemo.superposition` on CPU with fixed seeds.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import numpy as np
 import torch
 
 from mechdemo.figures import style
+from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
 from mechdemo.superposition import (
     ToyConfig,
@@ -25,70 +31,114 @@ from mechdemo.superposition import (
 )
 
 SPARSITIES = (0.0, 0.7, 0.9, 0.97, 0.99, 0.999)
+N_FEATURES, N_HIDDEN = 5, 2
+SHOWN = {"superposition": (0, 1), "superposition_sparse": (2, 5)}  # instances (sparsities) each figure draws
 # 3,000 Adam steps at 3e-3 for the 5- and 4-feature models (measured: the same geometries as 5,000 at 2e-3
 # and 10,000 at 1e-3: the same features represented, the same pair geometry)
 STEPS, LR = 3_000, 3e-3
-TOY_LABEL = "toy model (Elhage et al. 2022)"
+REPRESENTED = 0.5  # ‖W_i‖ above this: the feature is stored (n_represented's threshold)
 
 
-def _arrow_panel(ax, W: np.ndarray, colours, lim: float = 1.5) -> None:
-    """Feature directions W[:, i] (2-D) as arrows from the origin."""
+def _geometry(W: torch.Tensor) -> str:
+    """The arrangement of the stored features ``W`` ([hidden, stored]): each one's dimensionality
+    among them is 1 (orthogonal), 1/2 (antipodal pairs) or 2/5 (a pentagon)."""
+    dims = feature_dimensionality(W[None])[0].numpy()
+    for value, name in ((1.0, "orthogonal"), (0.5, "antipodal pairs"), (0.4, "pentagon")):
+        if len(dims) and np.all(np.abs(dims - value) < 0.05):
+            return name
+    return "no regular shape"
+
+
+def _arrow_panel(ax, W: np.ndarray, colours, names, stored=None, lim: float = 1.55) -> None:
+    """Feature directions W[:, i] (2-D) as arrows from the origin, each labelled at its tip.
+
+    Features not stored (``stored[i]`` False) are drawn faint and unlabelled."""
+    stored = np.ones(W.shape[1], bool) if stored is None else stored
+    ax.axhline(0, color=style.GREY, lw=1, alpha=0.35)
+    ax.axvline(0, color=style.GREY, lw=1, alpha=0.35)
     for i in range(W.shape[1]):
-        ax.annotate("", xy=W[:, i], xytext=(0, 0),
-                    arrowprops={"arrowstyle": "-|>", "color": colours[i], "lw": 3, "mutation_scale": 18})
-        ax.scatter(*W[:, i], color=colours[i], s=50, zorder=3)
+        alpha = 1.0 if stored[i] else 0.3
+        ax.annotate("", xy=W[:, i], xytext=(0, 0), arrowprops={"arrowstyle": "-|>", "color": colours[i], "lw": 4,
+                                                               "mutation_scale": 26, "alpha": alpha})
+        if stored[i]:
+            tip = W[:, i] / max(np.linalg.norm(W[:, i]), 1e-6)
+            ax.text(*(W[:, i] + 0.2 * tip), names[i], color=colours[i], fontsize=24, weight="bold",
+                    ha="center", va="center")
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    ax.axhline(0, color=style.GREY, lw=0.8, alpha=0.4)
-    ax.axvline(0, color=style.GREY, lw=0.8, alpha=0.4)
     ax.set_xticks([])
     ax.set_yticks([])
     for side in ("left", "bottom"):
         ax.spines[side].set_visible(False)
 
 
-@figure("superposition", needs_model=False, description="5 features in 2 dimensions across a sparsity sweep: "
-        "from the 2 most important features (dense) to a pentagon (sparse)")
-def superposition_figure(ctx: FigureContext) -> FigureOutput:
-    import matplotlib.pyplot as plt
+def _sweep(ctx: FigureContext) -> dict:
+    """The 5-feature sparsity sweep, trained once per run (both ``superposition`` figures draw from it)."""
+
+    def compute():
+        sparsity = torch.tensor(SPARSITIES)
+        importance = 0.9 ** torch.arange(float(N_FEATURES))
+        model = ToyModel(ToyConfig(n_features=N_FEATURES, n_hidden=N_HIDDEN, n_instances=len(SPARSITIES)),
+                         1 - sparsity, importance, seed=ctx.seed)
+        train_toy_model(model, steps=ctx.pick(STEPS, 200), lr=LR, seed=ctx.seed, progress=True)
+        W = model.W.detach()
+        return {"W": W, "norms": feature_norms(W), "superposition": interference(W), "represented": n_represented(W),
+                "dimensionality": feature_dimensionality(W)}
+
+    return ctx.computed("superposition.sweep", compute)
+
+
+def _sweep_figure(ctx: FigureContext, name: str) -> FigureOutput:
     from matplotlib import cm
 
-    sparsity = torch.tensor(SPARSITIES)
-    importance = 0.9 ** torch.arange(5.0)
-    model = ToyModel(ToyConfig(n_features=5, n_hidden=2, n_instances=len(SPARSITIES)), 1 - sparsity, importance,
-                     seed=ctx.seed)
-    train_toy_model(model, steps=ctx.pick(STEPS, 200), lr=LR, seed=ctx.seed, progress=True)
-    W = model.W.detach()
-    norms, superpos, represented = feature_norms(W), interference(W), n_represented(W)
-    colours = cm.viridis(np.linspace(0, 0.9, 5))
+    sweep = _sweep(ctx)
+    W, norms, represented, dims = sweep["W"], sweep["norms"], sweep["represented"], sweep["dimensionality"]
+    shown = SHOWN[name]
+    colours = cm.viridis(np.linspace(0, 0.8, N_FEATURES))  # darkest: most important
+    names = [f"x{i}" for i in range(N_FEATURES)]
+    stored = [(norms[k] > REPRESENTED).numpy() for k in range(len(SPARSITIES))]
+    geometry = [_geometry(W[k][:, norms[k] > REPRESENTED]) for k in range(len(SPARSITIES))]
 
-    fig, axes = plt.subplots(2, len(SPARSITIES), figsize=(20, 8.5), gridspec_kw={"height_ratios": [1.25, 1]})
-    for k, s in enumerate(SPARSITIES):
-        _arrow_panel(axes[0, k], W[k].numpy(), colours)
-        axes[0, k].set_title(f"S = {s:g}\n{represented[k]} features", fontsize=17)
-        ax = axes[1, k]
-        bar_colours = cm.RdYlBu_r(np.clip(superpos[k].numpy() / 2, 0, 1))
-        ax.barh(range(5), norms[k].numpy(), color=bar_colours, edgecolor=style.GREY)
-        ax.set_xlim(0, 1.3)
-        ax.set_yticks(range(5))
-        ax.set_yticklabels([f"x{i}" for i in range(5)] if k == 0 else [])
-        ax.invert_yaxis()
-        ax.set_xlabel("‖W_i‖", fontsize=15)
-    axes[1, 0].set_ylabel("feature (most important first)", fontsize=14)
-    sm = plt.cm.ScalarMappable(cmap="RdYlBu_r", norm=plt.Normalize(0, 2))
-    cbar = fig.colorbar(sm, ax=axes[1, :], fraction=0.02, pad=0.01)
-    cbar.set_label("superposition Σⱼ (Ŵᵢ·Wⱼ)²", fontsize=13)
-    style.suptitle(fig, "Superposition: 5 features, 2 dimensions", TOY_LABEL,
-                   subtitle="h = Wx, x' = ReLU(WᵀH + b), importance 0.9^i; each feature is zero with probability S "
-                            "(sparsity). Arrows: columns of W. Bars: how strongly each feature is represented")
-    fig.subplots_adjust(top=0.8, hspace=0.35, wspace=0.15)
-    return FigureOutput(fig, results={
-        "sparsity": list(SPARSITIES),
-        "features_represented": represented.tolist(),
-        "feature_norms": norms.double().numpy().round(3).tolist(),
-        "superposition": superpos.double().numpy().round(3).tolist(),
-    })
+    def draw():
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(shown), figsize=style.SLIDE)
+        for ax, k in zip(axes, shown):
+            _arrow_panel(ax, W[k].numpy(), colours, names, stored[k])
+            ax.set_title(tr("S = {s}: {n} of {total} features", s=num(SPARSITIES[k], "g"), n=int(represented[k]),
+                            total=N_FEATURES))
+            ax.set_xlabel(tr(geometry[k]), fontsize=24, color=style.GREY, labelpad=10)
+        return fig
+
+    results = {"shown_sparsity": [SPARSITIES[k] for k in shown],
+               "shown_features_represented": [int(represented[k]) for k in shown],
+               "shown_geometry": [geometry[k] for k in shown]}
+    if name == "superposition":  # the whole sweep's numbers, once
+        results = {
+            "n_features": N_FEATURES,
+            "n_hidden": N_HIDDEN,
+            "sparsity": list(SPARSITIES),
+            "features_represented": represented.tolist(),
+            "geometry": geometry,
+            "feature_norms": norms.double().numpy().round(3).tolist(),
+            "superposition": sweep["superposition"].double().numpy().round(3).tolist(),
+            "feature_dimensionality": dims.double().numpy().round(3).tolist(),
+            **results,
+        }
+    return FigureOutput(draw, results=results)
+
+
+@figure("superposition", needs_model=False, description="5 features in 2 dimensions, dense end of a sparsity sweep: "
+        "dense, only the 2 most important features (orthogonal); a little sparser, 4 in antipodal pairs")
+def superposition_figure(ctx: FigureContext) -> FigureOutput:
+    return _sweep_figure(ctx, "superposition")
+
+
+@figure("superposition_sparse", needs_model=False, description="5 features in 2 dimensions, sparse end of the sweep: "
+        "all 5 stored, as a pentagon")
+def superposition_sparse(ctx: FigureContext) -> FigureOutput:
+    return _sweep_figure(ctx, "superposition_sparse")
 
 
 def _paired_models(seed: int, p: float, steps: int, n_instances: int = 4) -> dict[str, ToyModel]:
@@ -112,50 +162,58 @@ def pair_geometry(model: ToyModel) -> dict:
     return {"within_pair_cosine": within, "loss": loss}
 
 
-@figure("superposition_correlation", needs_model=False, description="4 features in 2 dimensions as two pairs: "
-        "correlated pairs end up orthogonal, anticorrelated pairs antipodal")
-def superposition_correlation(ctx: FigureContext) -> FigureOutput:
-    import matplotlib.pyplot as plt
+ORTHOGONAL, ANTIPODAL = 0.1, -0.9  # |cos| below / cos below: a pair counted as orthogonal / antipodal
 
+
+@figure("superposition_correlation", needs_model=False, description="4 features in 2 dimensions as two pairs: "
+        "correlated pairs end up orthogonal, anticorrelated pairs antipodal (lowest-loss of 4 initialisations each)")
+def superposition_correlation(ctx: FigureContext) -> FigureOutput:
     p = 0.05
     models = _paired_models(ctx.seed, p, steps=ctx.pick(STEPS, 200))
-    pair_colours = [style.BLUE, style.SKY, style.RED, style.ORANGE]  # pair 1: blues, pair 2: reds
     n = models["correlated"].cfg.n_instances
-    fig, axes = plt.subplots(2, n, figsize=(18, 9.5))
-    results = {"feature_probability": p}
-    for row, (name, model) in enumerate(models.items()):
+    results = {"n_features": 4, "n_hidden": 2, "feature_probability": p, "n_initializations": n}
+    shown = {}
+    for name, model in models.items():
         geometry = pair_geometry(model)
+        cos = geometry["within_pair_cosine"]
         best = int(geometry["loss"].argmin())
-        W = model.W.detach()
-        for k in range(n):
-            ax = axes[row, k]
-            _arrow_panel(ax, W[k].numpy(), pair_colours, lim=1.4)
-            c = geometry["within_pair_cosine"][k]
-            ax.set_title(f"init {k}: cos {c[0]:+.2f}, {c[1]:+.2f}" + ("\n(lowest loss)" if k == best else "\n"),
-                         fontsize=15, weight="bold" if k == best else "normal")
-        axes[row, 0].set_ylabel(f"{name} pairs", fontsize=18, weight="bold")
-        axes[row, 0].yaxis.set_label_coords(-0.08, 0.5)
-        results[name] = {"within_pair_cosine": geometry["within_pair_cosine"].double().numpy().round(3).tolist(),
-                         "loss": geometry["loss"].double().numpy().round(6).tolist(), "lowest_loss_instance": best}
-    handles = [plt.Line2D([], [], color=c, lw=4) for c in pair_colours]
-    fig.legend(handles, ["pair 1: x0", "pair 1: x1", "pair 2: x2", "pair 2: x3"], loc="lower center", ncol=4,
-               fontsize=15, frameon=False)
-    style.suptitle(fig, "Correlated features: orthogonal; anticorrelated: antipodal", TOY_LABEL,
-                   subtitle=f"4 features in 2 dimensions, each present with probability {p}. Correlated: a pair is "
-                            "present together; anticorrelated: at most one of a pair.\nFour random initialisations "
-                            "each; cos = cosine between the two features of pair 1 and of pair 2")
-    fig.subplots_adjust(top=0.8, bottom=0.08, hspace=0.3, wspace=0.1)
-    return FigureOutput(fig, results=results)
+        shown[name] = (model.W.detach()[best].numpy(), cos[best].numpy())
+        full = cosine_matrix(model.W.detach())  # [instance, feature, feature]
+        cross = torch.stack([full[:, 0, 2:], full[:, 1, 2:], full[:, 2, :2], full[:, 3, :2]], 1)  # other pair's
+        results[name] = {"within_pair_cosine": cos.double().numpy().round(3).tolist(),
+                         "loss": geometry["loss"].double().numpy().round(6).tolist(), "lowest_loss_instance": best,
+                         "n_orthogonal": int((cos.abs() < ORTHOGONAL).all(1).sum()),
+                         "n_antipodal": int((cos < ANTIPODAL).all(1).sum()),
+                         # every feature antipodal to one of the other pair's: the local minimum
+                         "n_cross_pair_antipodal": int((cross.min(-1).values < ANTIPODAL).all(1).sum())}
+    results["anticorrelated"]["n_not_antipodal"] = n - results["anticorrelated"]["n_antipodal"]
+    colours = [style.BLUE, style.SKY, style.RED, style.ORANGE]  # pair 1: blues, pair 2: red and orange
+    names = [f"x{i}" for i in range(4)]
+    titles = {"correlated": "correlated: present together", "anticorrelated": "anticorrelated: never together"}
+
+    def draw():
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=style.SLIDE)
+        for ax, (name, (W, cos)) in zip(axes, shown.items()):
+            _arrow_panel(ax, W, colours, names, lim=1.4)
+            ax.set_title(tr(titles[name]))
+            a, b = (num(c + 0.0, "+.2f").replace("-", "−") for c in cos)  # a true minus sign
+            ax.set_xlabel(tr("cos(x0, x1) = {a}   cos(x2, x3) = {b}", a=a, b=b), fontsize=22, labelpad=14)
+        return fig
+
+    return FigureOutput(draw, results=results)
 
 
 STICKY = {1: "1", 3 / 4: "3/4", 2 / 3: "2/3", 1 / 2: "1/2", 2 / 5: "2/5", 1 / 3: "1/3"}
+NEAR = 0.02  # a feature "at" a sticky fraction: its dimensionality within this of it
+# named plateaus: text, where the text goes (x, y), the point its arrow marks
+STICKY_NAMES = {1 / 2: ("antipodal pairs", (1.05, 0.14), (2.45, 0.48)), 2 / 5: ("pentagons", (7.5, 0.52), (4.9, 0.42))}
 
 
 @figure("superpositionhip", needs_model=False, description="Feature dimensionality vs sparsity for 100 features "
         "in 10 dimensions: the superposition hypothesis, with the 'sticky' fractions 1/2, 2/5 ...")
 def superpositionhip(ctx: FigureContext) -> FigureOutput:
-    import matplotlib.pyplot as plt
-
     n_instances, n_features, n_hidden = 16, 100, 10
     p = 1 / torch.logspace(0, 2, n_instances)  # 1/p from 1 to 100
     model = ToyModel(ToyConfig(n_features, n_hidden, n_instances), p, seed=ctx.seed)
@@ -164,33 +222,48 @@ def superpositionhip(ctx: FigureContext) -> FigureOutput:
     W = model.W.detach()
     per_feature = dimensions_per_feature(W)
     D, norms = feature_dimensionality(W), feature_norms(W)
-
-    fig, ax = plt.subplots(figsize=(15, 8))
     inv_p = (1 / p).numpy()
-    ax.plot(inv_p, per_feature.numpy(), color="black", lw=3, label="dimensions per feature  m / ‖W‖²_F")
     rng = np.random.default_rng(ctx.seed)
+    points = []  # (x jittered, D) of the represented features of each model
     for k in range(n_instances):
-        d = D[k][norms[k] > 0.5].numpy()
-        jitter = inv_p[k] * np.exp(rng.normal(0, 0.04, len(d)))
-        ax.scatter(jitter, d, s=14, alpha=0.35, color=style.BLUE, label="feature dimensionality Dᵢ" if k == 0 else None)
-    for value, text in STICKY.items():
-        ax.axhline(value, color=style.GREY, ls=":", lw=1.2)
-        ax.text(inv_p[-1] * 1.35, value, text, va="center", fontsize=14, color=style.GREY)
-    ax.set_xscale("log")
-    ax.set_xlabel("1 / (1 − S): how rare each feature is")
-    ax.set_ylabel("dimensions per feature")
-    ax.set_ylim(0, 1.1)
-    ax.legend(loc="upper center", fontsize=14)
-    style.suptitle(fig, "Sparser features share dimensions", TOY_LABEL,
-                   subtitle=f"{n_features} features in {n_hidden} dimensions, equal importance, one model per sparsity. "
-                            "Dense: one dimension per represented feature.\nSparser: features settle on fractions "
-                            "of a dimension (1/2 antipodal pairs, 2/5 pentagons ...), then pack ever tighter")
-    fig.subplots_adjust(top=0.82)
-    return FigureOutput(fig, results={
+        d = D[k][norms[k] > REPRESENTED].numpy()
+        points.append((inv_p[k] * np.exp(rng.normal(0, 0.04, len(d))), d))
+
+    def draw():
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        fig, ax = plt.subplots(figsize=style.SLIDE)
+        for value, text in STICKY.items():
+            ax.axhline(value, color=style.GREY, ls=":", lw=1.5)
+            ax.text(inv_p[-1] * 1.3, value, text, va="center", fontsize=20, color=style.GREY)
+        for name, text_at, point in STICKY_NAMES.values():
+            ax.annotate(tr(name), point, xytext=text_at, ha="left", va="center", fontsize=22, color=style.GREY,
+                        weight="bold", arrowprops={"arrowstyle": "->", "color": style.GREY, "lw": 2})
+        for k, (x, d) in enumerate(points):
+            ax.scatter(x, d, s=40, alpha=0.4, color=style.BLUE, lw=0,
+                       label=tr("each feature: Dᵢ") if k == 0 else None)
+        ax.plot(inv_p, per_feature.numpy(), color="black", lw=3.5, label=tr("whole model"))
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator([1, 3, 10, 30, 100]))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels(["1", "3", "10", "30", "100"])
+        ax.set_xlim(0.85, inv_p[-1] * 1.25)
+        ax.set_xlabel(tr("1 / (1 − S): how rare each feature is"))
+        ax.set_ylabel(tr("dimensions per feature"))
+        ax.set_ylim(0, 1.08)
+        ax.spines["right"].set_visible(False)
+        ax.legend(loc="upper right", bbox_to_anchor=(0.96, 0.9), markerscale=2)
+        return fig
+
+    return FigureOutput(draw, results={
+        "n_features": n_features,
+        "n_hidden": n_hidden,
         "inverse_feature_probability": inv_p.astype(float).round(2).tolist(),
         "dimensions_per_feature": per_feature.double().numpy().round(4).tolist(),
         "features_represented": n_represented(W).tolist(),
-        # how many represented features sit within 0.02 of each sticky fraction
-        "features_near_fraction": {text: int(((D[norms > 0.5] - value).abs() < 0.02).sum())
+        # how many represented features sit within NEAR of each sticky fraction
+        "near_tolerance": NEAR,
+        "features_near_fraction": {text: int(((D[norms > REPRESENTED] - value).abs() < NEAR).sum())
                                    for value, text in STICKY.items()},
     })
