@@ -30,10 +30,15 @@ def _run_and_cache(bridge, batch, reuse_prefix=True):
     return run, clean_cache
 
 
+# Equivalence tests of two implementations do not need the published width: a narrower model of the
+# same architecture (head size, GQA group, norms, positions kept; mechdemo.models.random_model).
+NARROW = 512
+
+
 @pytest.mark.parametrize("name", ["gpt2", "meta-llama/Llama-3.2-1B"])
 def test_activation_patching_of_heads_and_resid_equals_transformer_lens(name, model):
     """`make test`'s share of the comparison below: one layer, two prompts, z and resid_pre."""
-    bridge = random_model(name, n_layers=1, vocab_size=offline_vocab_size())
+    bridge = random_model(name, n_layers=1, vocab_size=offline_vocab_size(), d_model=NARROW)
     batch = ioi_batch(model, 0, 2)
     run, clean_cache = _run_and_cache(bridge, batch)
     args = (bridge, batch.corrupted_tokens, clean_cache, run.metric)
@@ -220,7 +225,7 @@ def test_path_patching_equals_the_naive_three_runs(name, model, random_bridge):
     """The frozen-heads fast path (MLPs only in step 2, the answer position only for the logits) gives
     what the three hooked forward passes of Wang et al. give, for LayerNorm/learned positions and
     RMSNorm/RoPE/GQA, for the logits and for q, k and v receivers, several sender sets batched."""
-    bridge = random_model(name, n_layers=3, vocab_size=offline_vocab_size())
+    bridge = random_model(name, n_layers=3, vocab_size=offline_vocab_size(), d_model=NARROW)
     batch = ioi_batch(model, 0, 2)
     run = prepare_ioi(bridge, batch)
     cases = [
