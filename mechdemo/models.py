@@ -76,10 +76,23 @@ class ModelSpec:
     homepage: str = ""
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Per-model choices of the analyses (None: the middle layer), so that figure code never
+    # compares model names:
+    mlp_layer: int | None = None  # the MLP whose output the activation figures look at
+    sae_layer: int | None = None  # the MLP output SAEs are trained on by default
 
     @property
     def architecture(self) -> Architecture:
         return architecture_of(self.published_config())
+
+    def activation_layer(self, n_layers: int) -> int:
+        """:attr:`mlp_layer` for a model of ``n_layers`` (the middle one if unset; the last if the
+        model is shallower, as a few-layer random test model is)."""
+        return min(self.mlp_layer, n_layers - 1) if self.mlp_layer is not None else n_layers // 2
+
+    def default_sae_layer(self, n_layers: int) -> int:
+        """:attr:`sae_layer` for a model of ``n_layers`` (the middle one if unset)."""
+        return min(self.sae_layer, n_layers - 1) if self.sae_layer is not None else n_layers // 2
 
 
 def _gpt2_config():
@@ -163,6 +176,7 @@ register_model(
         # gives the lower loss on plain text (measured: 2.10 / 2.53 nats per token on two
         # paragraphs vs 2.28 / 3.30 after <|im_start|>), so analyses prepend <|endoftext|>.
         bos_token="<|endoftext|>",
+        mlp_layer=8,  # the course's layer number (its guide hooks MLP 8 of Llama 3.2 1B)
         homepage="https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct",
         notes="Weights are Q4_1-quantized, dequantized to float32 at load time.",
     )
@@ -187,6 +201,8 @@ register_model(
         hf_repo="meta-llama/Llama-3.2-1B",
         gated=True,
         accelerator_dtype=torch.bfloat16,
+        mlp_layer=8,  # the course's guides: the hook on MLP 8, SAEs on its output
+        sae_layer=8,
         aliases=("llama-3.2-1b", "llama3.2-1b", "Llama-3.2-1B"),
         homepage="https://huggingface.co/meta-llama/Llama-3.2-1B",
     )

@@ -64,12 +64,11 @@ DENSE_THRESHOLD = 0.1  # a feature that fires on more than this fraction of held
 
 
 def default_layer(model_name: str, n_layers: int) -> int:
-    """The layer SAEs are trained on by default: 8 for Llama 3.2 1B (the course's choice), else the middle one."""
+    """The layer SAEs are trained on by default: the registry's ``sae_layer`` (8 for Llama 3.2 1B,
+    the course's choice), else the middle one."""
     from mechdemo.models import get_spec
 
-    if get_spec(model_name).name == "meta-llama/Llama-3.2-1B":
-        return 8
-    return n_layers // 2
+    return get_spec(model_name).default_sae_layer(n_layers)
 
 
 def mlp_hook_name(layer: int) -> str:

@@ -20,9 +20,28 @@ import { fileURLToPath } from 'node:url'
 
 const slides = path.dirname(fileURLToPath(import.meta.url))
 const root = path.dirname(slides)
-const dist = process.env.SLIDES_DIST ? path.resolve(process.env.SLIDES_DIST) : path.join(slides, 'dist') // SLIDES_DIST: build elsewhere
 const theme = path.join(slides, 'theme.css')
-const manifestPath = path.join(root, 'img', 'manifest.json')
+
+// The model the deck is built for: MECHDEMO_MODEL (`make slides MODEL=gpt2`). Its figures are where
+// `mechdemo figures --model <name>` writes them: img/ for the default model, img/<name>/ for any
+// other (the part after the last "/", e.g. img/Llama-3.2-1B/); the deck goes to slides/dist/ or
+// slides/dist/<name>/. SLIDES_DIST overrides the output folder.
+const model = process.env.MECHDEMO_MODEL || ''
+const short = model.split('/').at(-1)
+const rootManifest = path.join(root, 'img', 'manifest.json')
+const modelsOf = (file) => [...new Set(Object.values(JSON.parse(fs.readFileSync(file, 'utf8')).figures ?? {})
+  .map((e) => e.model).filter((m) => m))]
+let imgDir = path.join(root, 'img')
+let distDir = path.join(slides, 'dist')
+if (model && fs.existsSync(path.join(root, 'img', short, 'manifest.json'))) {
+  imgDir = path.join(root, 'img', short)
+  distDir = path.join(slides, 'dist', short)
+} else if (model && !(fs.existsSync(rootManifest) && modelsOf(rootManifest).includes(model))) {
+  throw new Error(`no figures computed for model "${model}" (img/${short}/manifest.json): run \`make figures MODEL=${model}\``)
+}
+const dist = process.env.SLIDES_DIST ? path.resolve(process.env.SLIDES_DIST) : distDir
+const manifestPath = path.join(imgDir, 'manifest.json')
+const where = path.relative(root, imgDir)
 
 const resolveOnly = process.argv.includes('--resolve-only')
 const only = process.argv.slice(2).filter((a) => !a.startsWith('--')) // e.g. `node slides/build.mjs es` builds deck.es.md only
@@ -32,8 +51,16 @@ const decks = fs
   .filter((f) => only.length === 0 || only.includes(f.split('.')[1]))
   .sort()
 if (decks.length === 0) throw new Error(`no slides/deck.*.md found${only.length ? ` for ${only}` : ''}`)
-if (!fs.existsSync(manifestPath)) throw new Error('img/manifest.json is missing: run `make figures`')
+if (!fs.existsSync(manifestPath)) throw new Error(`${where}/manifest.json is missing: run \`make figures${model ? ` MODEL=${model}` : ''}\``)
 const figures = JSON.parse(fs.readFileSync(manifestPath, 'utf8')).figures
+// One model per deck: a folder whose figures were computed on several models (e.g. after copying
+// files by hand) would mix them on the slides.
+const computedOn = modelsOf(manifestPath)
+if (computedOn.length > 1 || (model && computedOn.length === 1 && computedOn[0] !== model)) {
+  const want = model || computedOn[0]
+  throw new Error(`${where}/manifest.json mixes figures computed on ${computedOn.join(' and ')}${model ? ` (deck for ${model})` : ''}: ` +
+    `regenerate them all with \`make figures MODEL=${want}\``)
+}
 
 // ---- 1. numbers from the manifest ------------------------------------------------------------
 
@@ -103,8 +130,8 @@ for (const entry of Object.values(figures)) {
 }
 
 function copyFigure(file, deck) {
-  const from = path.join(root, 'img', file)
-  if (!fs.existsSync(from)) throw new Error(`${deck}: img/${file} does not exist: run \`make figures\``)
+  const from = path.join(imgDir, file)
+  if (!fs.existsSync(from)) throw new Error(`${deck}: ${where}/${file} does not exist: run \`make figures${model ? ` MODEL=${model}` : ''}\``)
   const lang = deck.split('.')[1]
   const folder = file.split('/').at(-2)
   if (['es', 'en'].includes(folder) && folder !== lang) throw new Error(`${deck}: img/${file} is not a figure drawn in "${lang}": use img/${lang}/${path.basename(file)}`)
@@ -157,4 +184,4 @@ for (const deck of decks) {
     fs.rmSync(htmlSource, { force: true })
   }
 }
-console.log(`${resolveOnly ? 'resolved' : 'built'} ${decks.length} deck(s) into ${path.relative(root, dist)}/`)
+console.log(`${resolveOnly ? 'resolved' : 'built'} ${decks.length} deck(s) from ${where}/ into ${path.relative(root, dist)}/`)

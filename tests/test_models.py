@@ -117,3 +117,27 @@ def test_random_model_hooks_and_shapes(named_random_bridge):
         # RMSNorm: x / rms(x), no centring
         expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + arch.norm_eps)
         torch.testing.assert_close(normalized, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_per_model_analysis_choices_live_in_the_registry():
+    """The MLP layer of the activation figures and the SAE layer come from ModelSpec: Llama 3.2 1B's
+    course choice (8), the middle layer otherwise, clamped for a few-layer random test model."""
+    llama, gpt2, smol = get_spec("meta-llama/Llama-3.2-1B"), get_spec("gpt2"), get_spec("smollm2-135m")
+    assert (llama.activation_layer(16), llama.default_sae_layer(16)) == (8, 8)
+    assert (gpt2.activation_layer(12), gpt2.default_sae_layer(12)) == (6, 6)
+    assert (smol.activation_layer(30), smol.default_sae_layer(30)) == (8, 15)
+    assert llama.activation_layer(2) == 1 and gpt2.activation_layer(2) == 1
+
+
+def test_figure_code_does_not_compare_model_names():
+    """Per-model choices belong in the registry: no figure module names a registered model."""
+    from pathlib import Path
+
+    from mechdemo.models import MODELS
+
+    names = {n for spec in MODELS.values() for n in (spec.name, *spec.aliases)}
+    figures = Path(__file__).resolve().parents[1] / "mechdemo" / "figures"
+    for module in figures.glob("*.py"):
+        code = module.read_text(encoding="utf-8")
+        for name in names:
+            assert f'"{name}"' not in code and f"'{name}'" not in code, f"{module.name} names the model {name!r}"

@@ -232,6 +232,45 @@ def test_numbers_are_filled_in_from_the_manifest():
     assert f"{loss:.2f}" in en
 
 
+def test_the_deck_is_built_from_the_chosen_models_figures(tmp_path):
+    """`make slides MODEL=x` (MECHDEMO_MODEL) reads img/<x>/, where `mechdemo figures --model x`
+    writes, and writes slides/dist/<x>/; a missing model or a folder mixing two models' figures
+    stops the build with the command that fixes it (resolve-only: no marp-cli, no Chromium)."""
+    if not shutil.which("node"):
+        pytest.skip("node not installed")
+    name = "mechdemo-test-model"
+    folder, dist = IMG / name, DIST / name
+    manifest = json.loads((IMG / "manifest.json").read_text(encoding="utf-8"))
+    for entry in manifest["figures"].values():
+        if entry["model"]:
+            entry["model"] = name
+    manifest["figures"]["repeated_seq"]["results"]["mean_loss_second_half"] = 77.7777
+
+    def build(model: str):
+        return subprocess.run(["node", "slides/build.mjs", "--resolve-only"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "MECHDEMO_MODEL": model})
+
+    folder.mkdir()
+    try:
+        (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        proc = build(name)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "77,78" in (dist / "deck.es.md").read_text(encoding="utf-8")  # this model's number
+        assert "77.78" in (dist / "deck.en.md").read_text(encoding="utf-8")
+
+        manifest["figures"]["dla"]["model"] = "gpt2"
+        (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+        proc = build(name)
+        assert proc.returncode != 0 and "mixes figures computed on" in proc.stderr
+        assert f"make figures MODEL={name}" in proc.stderr
+
+        proc = build("no-such-model")
+        assert proc.returncode != 0 and "make figures MODEL=no-such-model" in proc.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(dist, ignore_errors=True)
+
+
 @FULL
 def test_a_rendered_figure_slide_shows_its_figure(built, tmp_path):
     """Render the DLA slide of the built deck to PNG: it is not blank, and the figure is in it

@@ -28,7 +28,6 @@ from mechdemo.figures import style
 from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
 
-LAYER = 8  # the course's layer (Llama 3.2 1B has 16 layers; the offline model has 30)
 TOP_K = 5  # outlier dimensions counted in the per-layer energy share
 TAIL_SIGMAS = 5  # "heavy tail": values this many standard deviations from the mean
 PERPLEXITY = 20  # t-SNE
@@ -66,13 +65,16 @@ def _bos_norm(data: dict, layer: int) -> float:
 
 
 def _layer(ctx: FigureContext) -> dict:
-    """The course's layer: its rows, their domains and tokens, and :func:`describe` of them."""
+    """The model's MLP layer for these figures (``ModelSpec.mlp_layer``: 8 in the course's Llama 3.2
+    1B): its number, rows, their domains and tokens, and :func:`describe` of them."""
 
     def compute() -> dict:
         data = domain_activations(ctx)
-        x, labels = _layer_rows(data, LAYER)
+        n = ctx.spec.activation_layer(ctx.model.cfg.n_layers)
+        x, labels = _layer_rows(data, n)
         tokens = [t for d in DOMAIN_TEXTS for t in data["tokens"][d][1:]]
-        return {"x": x, "labels": labels, "tokens": tokens, "stats": describe(x), "bos_norm": _bos_norm(data, LAYER)}
+        return {"layer": n, "x": x, "labels": labels, "tokens": tokens, "stats": describe(x),
+                "bos_norm": _bos_norm(data, n)}
 
     return ctx.computed("mlp.layer", compute)
 
@@ -128,7 +130,7 @@ def mlp_histogram(ctx: FigureContext) -> FigureOutput:
         lim = np.abs(values).max() * 1.02
         bins = np.linspace(-lim, lim, 161)
         density, _, _ = ax.hist(values, bins=bins, density=True, histtype="stepfilled", color=style.BLUE, alpha=0.75,
-                                label=tr("MLP output of layer {layer}", layer=LAYER))
+                                label=tr("MLP output of layer {layer}", layer=layer["layer"]))
         grid = np.linspace(-lim, lim, 800)
         ax.plot(grid, norm.pdf(grid, stats["mean"], stats["std"]), color=style.RED, lw=3, ls="--",
                 label=tr("Gaussian with the same mean and variance"))
@@ -147,7 +149,7 @@ def mlp_histogram(ctx: FigureContext) -> FigureOutput:
         return fig
 
     return FigureOutput(draw, results={
-        "layer": LAYER, "tokens": len(x), "d_model": x.shape[1], "values": int(values.size),
+        "layer": layer["layer"], "tokens": len(x), "d_model": x.shape[1], "values": int(values.size),
         **{k: round(stats[k], 4) for k in ("mean", "std", "var", "excess_kurtosis", "min", "max", "norm_mean")},
         "tail_sigmas": TAIL_SIGMAS, "tail_share": round(beyond, 6), "gaussian_tail_share": gaussian,
         "tail_over_gaussian": round(beyond / gaussian), "bos_norm_mean": round(layer["bos_norm"], 3),
@@ -193,7 +195,7 @@ def mlp_outlier_dims(ctx: FigureContext) -> FigureOutput:
         return fig
 
     return FigureOutput(draw, results={
-        "layer": LAYER, "d_model": len(magnitude),
+        "layer": layer["layer"], "d_model": len(magnitude),
         "outlier_dims": stats["outlier_dims"], "outlier_mean_abs": [round(v, 4) for v in stats["outlier_mean_abs"]],
         "median_dim_mean_abs": round(median, 4),
         "top_over_median": round(stats["outlier_mean_abs"][0] / median, 2),
@@ -227,7 +229,7 @@ def mlp_domains(ctx: FigureContext) -> FigureOutput:
         return fig
 
     return FigureOutput(draw, results={
-        "layer": LAYER, "domains": list(DOMAIN_TEXTS), "n_domains": len(DOMAIN_TEXTS),
+        "layer": layer["layer"], "domains": list(DOMAIN_TEXTS), "n_domains": len(DOMAIN_TEXTS),
         "tokens_per_domain": [int((labels == i).sum()) for i in range(len(DOMAIN_TEXTS))],
         "std_per_domain": [round(s, 4) for s in stds],
         "std_spread": round((max(stds) - min(stds)) / float(np.mean(stds)), 4),
@@ -278,7 +280,7 @@ def mlp_pca(ctx: FigureContext) -> FigureOutput:
         return fig
 
     return FigureOutput(draw, results={
-        "layer": LAYER, "tokens": len(x), "d_model": x.shape[1],
+        "layer": layer["layer"], "tokens": len(x), "d_model": x.shape[1],
         "pca_explained_variance": [round(float(v), 4) for v in explained],
         "domain_silhouette": round(silhouette, 4),
         "pc1_extreme_tokens": [tokens[i] for i in pc1], "pc2_extreme_tokens": [tokens[i] for i in pc2],
@@ -330,7 +332,7 @@ def mlp_tsne(ctx: FigureContext) -> FigureOutput:
         return fig
 
     return FigureOutput(draw, results={
-        "layer": LAYER, "tokens": len(x), "perplexity": PERPLEXITY, "neighbours": NEIGHBOURS,
+        "layer": layer["layer"], "tokens": len(x), "perplexity": PERPLEXITY, "neighbours": NEIGHBOURS,
         "neighbours_same_domain": round(same, 4), "neighbours_same_domain_chance": round(chance, 4),
         "word_clusters": words,
     })
@@ -339,8 +341,8 @@ def mlp_tsne(ctx: FigureContext) -> FigureOutput:
 # ---- every layer --------------------------------------------------------------------------------
 
 
-def _mark_layer(ax):
-    ax.axvline(LAYER, color=style.GREY, lw=2, alpha=0.6)
+def _mark_layer(ax, layer: int):
+    ax.axvline(layer, color=style.GREY, lw=2, alpha=0.6)
 
 
 @figure("mlp_layer_norms", description="Norm of the MLP output across layers, text tokens vs the BOS token's "
@@ -384,6 +386,7 @@ def mlp_layer_norms(ctx: FigureContext) -> FigureOutput:
 def mlp_layer_outliers(ctx: FigureContext) -> FigureOutput:
     per_layer = _per_layer(ctx)
     d_model = ctx.model.cfg.d_model
+    marked = ctx.spec.activation_layer(ctx.model.cfg.n_layers)
     layers = np.arange(len(per_layer))
     share = np.array([s["top_energy"] for s in per_layer])
     kurtosis = np.array([s["excess_kurtosis"] for s in per_layer])
@@ -398,8 +401,8 @@ def mlp_layer_outliers(ctx: FigureContext) -> FigureOutput:
                 label=tr("the {k} largest of {d} dimensions", k=TOP_K, d=d_model))
         ax.axhline(100 * even, color=style.GREY, ls=":", lw=3,
                    label=tr("if spread evenly ({share})", share=num(100 * even, ".1f") + " %"))
-        _mark_layer(ax)
-        ax.text(LAYER + 0.3, 97, tr("layer {layer}\n(previous figures)", layer=LAYER), color=style.GREY, va="top")
+        _mark_layer(ax, marked)
+        ax.text(marked + 0.3, 97, tr("layer {layer}\n(previous figures)", layer=marked), color=style.GREY, va="top")
         ax.set_xlabel(tr("layer"))
         ax.set_ylabel(tr("% of the squared norm"))
         ax.set_xticks(range(0, len(layers), 5))
