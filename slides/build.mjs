@@ -134,7 +134,7 @@ function copyFigure(file, deck) {
   if (!fs.existsSync(from)) throw new Error(`${deck}: ${where}/${file} does not exist: run \`make figures${model ? ` MODEL=${model}` : ''}\``)
   const lang = deck.split('.')[1]
   const folder = file.split('/').at(-2)
-  if (['es', 'en'].includes(folder) && folder !== lang) throw new Error(`${deck}: img/${file} is not a figure drawn in "${lang}": use img/${lang}/${path.basename(file)}`)
+  if (folder !== lang) throw new Error(`${deck}: img/${file} is not a figure drawn in "${lang}": use img/${lang}/${path.basename(file)}`)
   fs.mkdirSync(path.dirname(path.join(dist, 'img', file)), { recursive: true })
   fs.copyFileSync(from, path.join(dist, 'img', file))
 }

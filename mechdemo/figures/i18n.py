@@ -109,8 +109,8 @@ def localize_ticks(fig) -> None:
 
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
-            for major, get, set_ in ((True, axis.get_major_formatter, axis.set_major_formatter),
-                                     (False, axis.get_minor_formatter, axis.set_minor_formatter)):
+            for get, set_ in ((axis.get_major_formatter, axis.set_major_formatter),
+                              (axis.get_minor_formatter, axis.set_minor_formatter)):
                 inner = get()
                 if not isinstance(inner, Comma):
                     set_(Comma(inner))

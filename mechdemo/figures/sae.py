@@ -251,18 +251,28 @@ def _feature_figure(ctx: FigureContext, rank: int) -> FigureOutput:
     })
 
 
-def _register_feature_figure(rank: int) -> None:
-    @figure(f"sae_feature_{rank}", description=f"SAE feature {rank} of {N_FEATURES} (picked by rule): its "
-            "top-activating held-out contexts, activating token highlighted, and the tokens its decoder "
-            "direction promotes")
-    def sae_feature(ctx: FigureContext) -> FigureOutput:
-        return _feature_figure(ctx, rank)
-
-    sae_feature.__qualname__ = sae_feature.__name__ = f"sae_feature_{rank}"
+_FEATURE = ("top-activating held-out contexts, activating token highlighted, and the tokens its decoder direction "
+            "promotes")
 
 
-for _rank in range(1, N_FEATURES + 1):
-    _register_feature_figure(_rank)
+@figure("sae_feature_1", description=f"The first SAE feature picked by rule: its {_FEATURE}")
+def sae_feature_1(ctx: FigureContext) -> FigureOutput:
+    return _feature_figure(ctx, 1)
+
+
+@figure("sae_feature_2", description=f"The second SAE feature picked by rule: its {_FEATURE}")
+def sae_feature_2(ctx: FigureContext) -> FigureOutput:
+    return _feature_figure(ctx, 2)
+
+
+@figure("sae_feature_3", description=f"The third SAE feature picked by rule: its {_FEATURE}")
+def sae_feature_3(ctx: FigureContext) -> FigureOutput:
+    return _feature_figure(ctx, 3)
+
+
+@figure("sae_feature_4", description=f"The fourth SAE feature picked by rule: its {_FEATURE}")
+def sae_feature_4(ctx: FigureContext) -> FigureOutput:
+    return _feature_figure(ctx, 4)
 
 
 def _commands(ctx: FigureContext, data) -> dict[str, str]:

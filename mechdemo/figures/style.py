@@ -28,7 +28,6 @@ PX_PER_INCH = 72  # drawn at the size shown: 1 pt = 1 px on the slide
 SLIDE = (FIGURE_BOX_PX[0] / PX_PER_INCH, FIGURE_BOX_PX[1] / PX_PER_INCH)  # 16.67 x 7.22 in
 DPI = 2 * PX_PER_INCH  # 2400 x 1040 px PNGs
 MIN_TEXT_PX = 18  # smallest text on the 1280 x 720 slide
-WIDE = SLIDE  # the default canvas
 
 # Okabe-Ito palette (colour-blind safe)
 BLUE, ORANGE, GREEN, RED, PURPLE, SKY, YELLOW, GREY = (
@@ -44,7 +43,7 @@ BLUE, ORANGE, GREEN, RED, PURPLE, SKY, YELLOW, GREY = (
 PALETTE = [BLUE, ORANGE, GREEN, RED, PURPLE, SKY, YELLOW, GREY]
 
 RC = {
-    "figure.figsize": WIDE,
+    "figure.figsize": SLIDE,
     "figure.dpi": 100,
     "figure.facecolor": "white",
     "savefig.facecolor": "white",
