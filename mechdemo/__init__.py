@@ -6,6 +6,10 @@ compute, and regenerate the deck's figures with ``mechdemo figures``.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from mechdemo.kernels import pin_cpu_kernels
+
+pin_cpu_kernels()  # before anything imports torch: the same kernels, so the same numbers, on every machine
+
 try:
     __version__ = version("mechdemo")
 except PackageNotFoundError:  # running from a source tree that is not installed

@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+import mechdemo  # noqa: E402,F401  (first: it pins torch's CPU kernels before torch loads, mechdemo.kernels)
 import torch  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -65,6 +65,16 @@ def test_committed_figures_are_reproduced(tmp_path, monkeypatch, model):
     folder, with a fresh cache: the activation dataset is rebuilt, nothing comes from the user's
     cache) reproduces the numbers in the committed img/manifest.json: the figures in the deck are
     what the code computes now, and a seed determines them."""
+    import os
+
+    import torch
+
+    # the committed figures were computed with the pinned kernels (mechdemo.kernels); pytest's plugins
+    # load torch before the conftest could pin them, so `make check` sets them in the environment
+    if torch.backends.cpu.get_cpu_capability() != "AVX2" or os.environ.get("MKL_CBWR") != "AVX2":
+        pytest.fail(f"torch runs its {torch.backends.cpu.get_cpu_capability()} kernels (MKL_CBWR="
+                    f"{os.environ.get('MKL_CBWR')}), not the pinned AVX2 ones the committed figures were computed "
+                    "with: run `make check` (or pytest with the variables `python3 mechdemo/kernels.py` prints)")
     monkeypatch.setenv("MECHDEMO_CACHE", str(tmp_path / "cache"))
     entries = run_figures(out_dir=tmp_path / "img", progress=False, models={DEFAULT_MODEL: model})
     committed = read_manifest(IMG)["figures"]

@@ -46,6 +46,7 @@ def _dataset(ctx: FigureContext):
     """The cached activation dataset of the middle layer (built on first use)."""
     from mechdemo.corpus import OFFLINE_CORPUS
     from mechdemo.datasets import ActivationDataset, ExtractConfig, extract
+    from mechdemo.kernels import kernels_tag
     from mechdemo.sae import TRAIN_THREADS, default_layer
     from mechdemo.threads import fixed_threads
     from mechdemo.weights_cache import cache_root
@@ -55,7 +56,8 @@ def _dataset(ctx: FigureContext):
         tokens = ctx.pick(TOKENS, SMALL["tokens"])
         cfg = ExtractConfig(model=ctx.model_name, layer=layer, corpus=OFFLINE_CORPUS, seq_len=128, batch_size=16,
                             shard_size=ctx.pick(SHARD, SMALL["shard"]), max_tokens=tokens)
-        out = cache_root() / "activations" / f"{ctx.model_name}-mlp{layer}-{OFFLINE_CORPUS}-{tokens}"
+        # the kernels in the name: a dataset computed under others would give other SAEs (mechdemo.kernels)
+        out = cache_root() / "activations" / f"{ctx.model_name}-mlp{layer}-{OFFLINE_CORPUS}-{tokens}-{kernels_tag()}"
         # the SAEs' training data must not depend on the machine either: extraction on the thread
         # count SAE training uses, whatever MECHDEMO_FIGURE_THREADS says
         with fixed_threads(TRAIN_THREADS):
