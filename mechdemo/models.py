@@ -80,6 +80,26 @@ class ModelSpec:
     # compares model names:
     mlp_layer: int | None = None  # the MLP whose output the activation figures look at
     sae_layer: int | None = None  # the MLP output SAEs are trained on by default
+    # One of the course's models (GPT-2 small, Llama 3.2 1B): the architecture and KV-cache figures
+    # show them beside the loaded model, whichever it is (see compared_with).
+    course_model: bool = False
+    # Published results on this model, shown beside the computed ones in its deck:
+    # {"ioi": {role: [[layer, head], ...]}, "source": {"ioi": citation}}.
+    published: dict[str, Any] = field(default_factory=dict)
+
+    def deck_facts(self) -> dict[str, Any]:
+        """What a deck needs to know about the model it is built for (``img/manifest.json``'s
+        ``model``): its names, family-level design choices and published results."""
+        a = self.architecture
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "family": a.family,
+            "positions": a.positions,
+            "gqa": a.is_gqa,
+            "gated_mlp": a.gated_mlp,
+            "published": self.published,
+        }
 
     @property
     def architecture(self) -> Architecture:
@@ -188,8 +208,23 @@ register_model(
         description="GPT-2 small (OpenAI, 2019), the model of the IOI paper",
         published_config=_gpt2_config,
         hf_repo="openai-community/gpt2",
+        course_model=True,
         aliases=("gpt2-small", "openai-community/gpt2"),
         homepage="https://huggingface.co/openai-community/gpt2",
+        # Wang et al. 2022, "Interpretability in the Wild", Fig. 2: the IOI circuit of GPT-2 small
+        # (layer, head), as the authors' code lists it.
+        published={
+            "ioi": {
+                "name_mover": [[9, 6], [9, 9], [10, 0]],
+                "backup_name_mover": [[9, 0], [9, 7], [10, 1], [10, 2], [10, 6], [10, 10], [11, 2], [11, 9]],
+                "negative_name_mover": [[10, 7], [11, 10]],
+                "s_inhibition": [[7, 3], [7, 9], [8, 6], [8, 10]],
+                "induction": [[5, 5], [5, 8], [5, 9], [6, 9]],
+                "duplicate_token": [[0, 1], [0, 10], [3, 0]],
+                "previous_token": [[2, 2], [4, 11]],
+            },
+            "source": {"ioi": "Wang et al. 2022, Fig. 2"},
+        },
     )
 )
 register_model(
@@ -199,6 +234,7 @@ register_model(
         description="Llama 3.2 1B (Meta, 2024), the model of the course's MLP and SAE work",
         published_config=_llama_3_2_1b_config,
         hf_repo="meta-llama/Llama-3.2-1B",
+        course_model=True,
         gated=True,
         accelerator_dtype=torch.bfloat16,
         mlp_layer=8,  # the course's guides: the hook on MLP 8, SAEs on its output
@@ -207,6 +243,13 @@ register_model(
         homepage="https://huggingface.co/meta-llama/Llama-3.2-1B",
     )
 )
+
+
+def compared_with(name: str) -> list[str]:
+    """The models the architecture figures show: ``name`` (the loaded one) first, then the course's
+    models (:attr:`ModelSpec.course_model`) in registry order."""
+    name = get_spec(name).name
+    return [name] + [n for n, s in MODELS.items() if s.course_model and n != name]
 
 
 def get_spec(name: str | None = None) -> ModelSpec:

@@ -12,6 +12,15 @@
 //     page (CircuitsVis) is shown as that page in an <iframe>; the PDF keeps the static PNG.
 // Chromium comes from the system (CHROME_PATH); marp-cli adds --no-sandbox itself as root.
 //
+// Model-neutral text: `{{model.display_name}}` (and the rest of the manifest's `model` block: name,
+// family, positions, gqa, gated_mlp, published) names the model the deck is built for, and
+// `{{#if EXPR}}…{{else}}…{{/if}}` keeps text that holds for one model or one kind of result only.
+// EXPR is a manifest path, true when it exists and is not null, false, 0 or empty, or
+// `path=value` / `path!=value` (compared as text), e.g. `{{#if model.name=gpt2}}`, or several of
+// these joined by ` and `; `!path` negates a path's truth. Conditionals
+// nest and may span lines; they are resolved before the numbers, so a number inside a dropped
+// block is never looked up.
+//
 // `node slides/build.mjs --resolve-only [lang ...]` stops after step 1 and writes each resolved
 // source to slides/dist/deck.<lang>.md: no marp-cli, no Chromium (what `make test` checks).
 import fs from 'node:fs'
@@ -26,14 +35,20 @@ const theme = path.join(slides, 'theme.css')
 // `mechdemo figures --model <name>` writes them: img/ for the default model, img/<name>/ for any
 // other (the part after the last "/", e.g. img/Llama-3.2-1B/); the deck goes to slides/dist/ or
 // slides/dist/<name>/. SLIDES_DIST overrides the output folder.
+// MECHDEMO_IMG names the figures folder itself (the tests build decks from a temporary one).
 const model = process.env.MECHDEMO_MODEL || ''
 const short = model.split('/').at(-1)
 const rootManifest = path.join(root, 'img', 'manifest.json')
-const modelsOf = (file) => [...new Set(Object.values(JSON.parse(fs.readFileSync(file, 'utf8')).figures ?? {})
-  .map((e) => e.model).filter((m) => m))]
+const modelsOf = (file) => {
+  const m = JSON.parse(fs.readFileSync(file, 'utf8'))
+  return [...new Set([m.model?.name, ...Object.values(m.figures ?? {}).map((e) => e.model)].filter((x) => x))]
+}
 let imgDir = path.join(root, 'img')
 let distDir = path.join(slides, 'dist')
-if (model && fs.existsSync(path.join(root, 'img', short, 'manifest.json'))) {
+if (process.env.MECHDEMO_IMG) {
+  imgDir = path.resolve(process.env.MECHDEMO_IMG)
+  if (model) distDir = path.join(slides, 'dist', short)
+} else if (model && fs.existsSync(path.join(root, 'img', short, 'manifest.json'))) {
   imgDir = path.join(root, 'img', short)
   distDir = path.join(slides, 'dist', short)
 } else if (model && !(fs.existsSync(rootManifest) && modelsOf(rootManifest).includes(model))) {
@@ -52,7 +67,9 @@ const decks = fs
   .sort()
 if (decks.length === 0) throw new Error(`no slides/deck.*.md found${only.length ? ` for ${only}` : ''}`)
 if (!fs.existsSync(manifestPath)) throw new Error(`${where}/manifest.json is missing: run \`make figures${model ? ` MODEL=${model}` : ''}\``)
-const figures = JSON.parse(fs.readFileSync(manifestPath, 'utf8')).figures
+const manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8'))
+const figures = manifest.figures
+if (!manifest.model) throw new Error(`${where}/manifest.json does not say which model it was computed on: run \`make figures${model ? ` MODEL=${model}` : ''}\``)
 // One model per deck: a folder whose figures were computed on several models (e.g. after copying
 // files by hand) would mix them on the slides.
 const computedOn = modelsOf(manifestPath)
@@ -69,8 +86,8 @@ if (computedOn.length > 1 || (model && computedOn.length === 1 && computedOn[0] 
 function lookup(expr) {
   const parts = expr.match(/[^.[\]]+|\[[^\]]*\]/g) ?? []
   const [name, ...rest] = parts
-  const entry = figures[name]
-  if (!entry) throw new Error(`no figure "${name}" in img/manifest.json`)
+  const entry = name === 'model' ? manifest.model : figures[name]
+  if (!entry) throw new Error(`no figure "${name}" in ${where}/manifest.json`)
   // Keys are looked up in the figure's results first, then in the entry itself (model, seed ...).
   let value = rest.length && rest[0] in (entry.results ?? {}) ? entry.results : entry
   for (const part of rest) {
@@ -88,8 +105,16 @@ function lookup(expr) {
   return value
 }
 
-// Formats: none (as is), `.Nf` (N decimals), `%N` (percent with N decimals), `int` (rounded).
+// Formats: none (as is), `.Nf` (N decimals), `%N` (percent with N decimals), `int` (rounded),
+// `heads` (a list of heads, [layer, head] pairs or {layer, head, ...} objects, as "L9H6, L9H9").
 function format(value, spec, locale) {
+  if (spec === 'heads') {
+    const pair = (h) => (Array.isArray(h) ? h : [h?.layer, h?.head])
+    if (!Array.isArray(value) || !value.map(pair).every(([l, h]) => Number.isInteger(l) && Number.isInteger(h)))
+      throw new Error(`format "heads" needs a list of heads ([layer, head] or {layer, head}), got ${JSON.stringify(value)}`)
+    return value.length ? value.map(pair).map(([l, h]) => `L${l}H${h}`).join(', ') : '—'
+  }
+  if (value === null) throw new Error('no value (null) for this model: keep the sentence in a {{#if}} block for the results that exist')
   if (typeof value !== 'number') {
     if (spec) throw new Error(`format "${spec}" needs a number, got ${JSON.stringify(value)}`)
     return String(value)
@@ -101,6 +126,60 @@ function format(value, spec, locale) {
   if ((m = spec.match(/^%(\d)$/))) return nf({ style: 'percent', minimumFractionDigits: +m[1], maximumFractionDigits: +m[1] })(value)
   if (spec === 'int') return nf({ maximumFractionDigits: 0 })(value)
   throw new Error(`unknown format "${spec}" (use .Nf, %N or int)`)
+}
+
+// `{{#if EXPR}}yes{{else}}no{{/if}}`: see the header.
+function truthy(expr) {
+  if (/\s+and\s+/.test(expr)) return expr.split(/\s+and\s+/).every(truthy)
+  if (expr.startsWith('!')) return !truthy(expr.slice(1))
+  const m = expr.match(/^(.+?)\s*(!?=)\s*(.*)$/)
+  let value
+  try {
+    value = lookup(m ? m[1] : expr)
+  } catch {
+    value = undefined // a missing key is false, not an error: that is what the test is for
+  }
+  if (m) return (m[2] === '=') === (value !== undefined && String(value) === m[3])
+  return !(value === undefined || value === null || value === false || value === 0 || value === '' ||
+    (Array.isArray(value) && value.length === 0))
+}
+
+function resolveConditionals(source, deck) {
+  const lineOf = (index) => source.slice(0, index).split('\n').length
+  const tag = /\{\{(#if\s+([^}]+?)|else|\/if)\s*\}\}/g
+  const stack = [] // open blocks, innermost last: {expr, at, yes, no, inElse}
+  let out = ''
+  const emit = (text) => {
+    const top = stack.at(-1)
+    if (!top) out += text
+    else if (top.inElse) top.no += text
+    else top.yes += text
+  }
+  let last = 0
+  for (const m of source.matchAll(tag)) {
+    emit(source.slice(last, m.index))
+    last = m.index + m[0].length
+    if (m[1].startsWith('#if')) {
+      stack.push({ expr: m[2].trim(), at: m.index, yes: '', no: '', inElse: false })
+    } else if (m[1] === 'else') {
+      const top = stack.at(-1)
+      if (!top || top.inElse) throw new Error(`${deck}:${lineOf(m.index)}: {{else}} without {{#if}}`)
+      top.inElse = true
+    } else {
+      const top = stack.pop()
+      if (!top) throw new Error(`${deck}:${lineOf(m.index)}: {{/if}} without {{#if}}`)
+      const kept = truthy(top.expr) ? top.yes : top.no
+      // the dropped lines become empty ones, so that later errors name the source's line numbers
+      const dropped = source.slice(top.at, last).split('\n').length - kept.split('\n').length
+      emit(kept + '\n'.repeat(dropped))
+    }
+  }
+  if (stack.length) {
+    const open = stack.at(-1)
+    throw new Error(`${deck}:${lineOf(open.at)}: {{#if ${open.expr}}} is never closed with {{/if}}`)
+  }
+  emit(source.slice(last))
+  return out
 }
 
 function resolveNumbers(source, deck, locale) {
@@ -154,7 +233,7 @@ const { marpCli } = resolveOnly ? {} : await import('@marp-team/marp-cli')
 for (const deck of decks) {
   const name = deck.replace(/\.md$/, '')
   const locale = name.split('.')[1]
-  const source = resolveNumbers(fs.readFileSync(path.join(slides, deck), 'utf8'), deck, locale)
+  const source = resolveNumbers(resolveConditionals(fs.readFileSync(path.join(slides, deck), 'utf8'), deck), deck, locale)
   const resolved = source.replaceAll('../img/', 'img/')
   if (resolveOnly) {
     fs.writeFileSync(path.join(dist, `${name}.md`), resolved)

@@ -3,11 +3,12 @@
 - ``transformer_decoder``: the data flow of the loaded model (embedding, residual stream, L blocks
   of norm -> attention and norm -> MLP each added back to the stream, final norm, unembedding)
   labelled with its real sizes.
-- ``architecture_table``: the same facts for the three registered models side by side; the loaded
-  model's column is read from the model in memory, the others from their published configs (no
-  download).
-- ``mlp_gated``: GPT-2's MLP, ``W_out GELU(W_in x)``, next to the gated MLP (SwiGLU) of SmolLM2 and
-  Llama, ``W_down (SiLU(W_gate x) ⊙ W_up x)``, with each model's sizes.
+- ``architecture_table``: the same facts for the loaded model beside the course's models (GPT-2
+  small, Llama 3.2 1B: :func:`mechdemo.models.compared_with`); the loaded model's column is read
+  from the model in memory, the others from their published configs (no download).
+- ``mlp_gated``: a plain MLP, ``W_out GELU(W_in x)`` (GPT-2's), next to a gated one (SwiGLU, the
+  Llama family's), ``W_down (SiLU(W_gate x) ⊙ W_up x)``, with each model's sizes; the loaded
+  model is one of the two.
 
 The diagrams are drawn on one axes in slide pixels (1200 x 520, 1 pt = 1 px): box sizes and font
 sizes are in the same unit, so what fits here fits on the slide.
@@ -21,7 +22,7 @@ from mechdemo.architecture import Architecture, architecture_of
 from mechdemo.figures import style
 from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
-from mechdemo.models import MODELS
+from mechdemo.models import MODELS, compared_with
 
 ACTIVATIONS = {"silu": "SiLU", "gelu_new": "GELU", "gelu": "GELU", "relu": "ReLU"}
 FONT = 20  # diagram text (pt = px on the slide)
@@ -29,12 +30,13 @@ LIGHT_BLUE, LIGHT_ORANGE, LIGHT_GREEN, LIGHT_GREY = "#cfe3f3", "#fbe3c0", "#cdee
 
 
 def _architectures(ctx: FigureContext) -> dict[str, Architecture]:
-    """Every registered model's architecture: the loaded model's from its config in memory, the
-    others from their published configs (no download)."""
+    """The architectures of the loaded model (from its config in memory) and of the course's models
+    (from their published configs, no download), the loaded model first."""
 
     def compute() -> dict[str, Architecture]:
         loaded = architecture_of(ctx.model.original_model.config)
-        return {name: (loaded if name == ctx.model_name else spec.architecture) for name, spec in MODELS.items()}
+        return {name: (loaded if name == ctx.model_name else MODELS[name].architecture)
+                for name in compared_with(ctx.model_name)}
 
     return ctx.computed("architecture.models", compute)
 
@@ -211,7 +213,7 @@ def _draw_table(archs: dict[str, Architecture], highlight: str):
     return fig
 
 
-@figure("architecture_table", description="The three registered models side by side (layers, widths, heads, "
+@figure("architecture_table", description="The loaded model beside the course's models (layers, widths, heads, "
         "norm, positions, MLP, parameters): the loaded model from its config, the others from published configs")
 def architecture_table(ctx: FigureContext) -> FigureOutput:
     archs = _architectures(ctx)
@@ -272,14 +274,15 @@ def _draw_mlps(plain: Architecture, plain_name: str, gated: Architecture, gated_
     return fig
 
 
-@figure("mlp_gated", description="GPT-2's MLP, W_out GELU(W_in x), beside the gated MLP (SwiGLU) of SmolLM2 and "
-        "Llama, W_down (SiLU(W_gate x) * W_up x), with each model's sizes from its config")
+@figure("mlp_gated", description="A plain MLP (GPT-2's), W_out GELU(W_in x), beside a gated MLP (SwiGLU, the Llama "
+        "family's), W_down (SiLU(W_gate x) * W_up x), one of them the loaded model's, with sizes from the configs")
 def mlp_gated(ctx: FigureContext) -> FigureOutput:
-    archs = _architectures(ctx)
+    archs = _architectures(ctx)  # the loaded model first: it is one of the two drawn
     plain_name = next(name for name, a in archs.items() if not a.gated_mlp)
-    gated_name = ctx.model_name if archs[ctx.model_name].gated_mlp else next(
-        name for name, a in archs.items() if a.gated_mlp)
+    gated_name = next(name for name, a in archs.items() if a.gated_mlp)
     return FigureOutput(lambda: _draw_mlps(archs[plain_name], plain_name, archs[gated_name], gated_name), results={
+        "plain": MODELS[plain_name].display_name,
+        "gated": MODELS[gated_name].display_name,
         "models": {name: {"d_model": a.d_model, "d_mlp": a.d_mlp, "activation": _activation(a),
                           "gated": a.gated_mlp, "matrices": 3 if a.gated_mlp else 2,
                           "mlp_params_per_layer": _mlp_params(a),

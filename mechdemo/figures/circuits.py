@@ -135,11 +135,19 @@ def k_composition(ctx: FigureContext) -> FigureOutput:
     kcomp = k_composition_of(ctx)
     n_layers = kcomp.shape[0]
     prev = top_heads(scores["previous_token"], N_PREV)
-    induction = top_heads(scores["induction"], N_INDUCTION)
+    # an induction head reads what a head of an earlier layer wrote: layer 0 has none to read
+    induction = top_heads(scores["induction"][1:], N_INDUCTION)
+    induction = [(l + 1, h, v) for l, h, v in induction]
     later = torch.arange(n_layers)[:, None, None, None] < torch.arange(n_layers)[None, None, :, None]
     baseline = kcomp[later.expand_as(kcomp)].mean().item()
     table = torch.tensor([[kcomp[pl, ph, il, ih].item() if pl < il else float("nan") for il, ih, _ in induction]
                           for pl, ph, _ in prev])
+    valid = ~table.isnan()
+    strongest = None
+    if valid.any():  # the pair that composes most among those shown
+        i, j = divmod(int(torch.where(valid, table, -1.0).argmax()), table.shape[1])
+        strongest = {"previous": style.head_label(*prev[i][:2]), "induction": style.head_label(*induction[j][:2]),
+                     "score": round(table[i, j].item(), 4), "ratio_to_mean": round(table[i, j].item() / baseline, 2)}
 
     def draw():
         import matplotlib.pyplot as plt
@@ -164,6 +172,8 @@ def k_composition(ctx: FigureContext) -> FigureOutput:
         bar.set_ticks(ticks, labels=["0.00", tr("mean of all pairs: {value}", value=num(baseline, ".3f"))]
                       + [f"{t:.2f}" for t in ticks[2:]])  # plain numbers: localize_ticks writes them in Spanish
         bar.ax.get_yticklabels()[1].set_color(style.RED)
+        if strongest is None:  # a degenerate result says so on the figure, not with an empty grid
+            style.note(ax, tr("no previous-token head shown sits in an earlier layer than these induction heads"))
         return fig
 
     first = [v for v in table[0].tolist() if v == v]
@@ -173,6 +183,7 @@ def k_composition(ctx: FigureContext) -> FigureOutput:
         "scores": [[None if v != v else round(v, 4) for v in row] for row in table.tolist()],
         "mean_over_all_pairs": round(baseline, 4),
         "top_previous_mean_ratio": round(sum(first) / len(first) / baseline, 2) if first else None,
+        "strongest": strongest,
     })
 
 
@@ -197,8 +208,8 @@ def positional_preference(ctx: FigureContext) -> FigureOutput:
         import matplotlib.pyplot as plt
 
         if "first_rows" in positional:  # learned positions: the matrix itself
-            fig, ax = plt.subplots(figsize=(12, style.SLIDE[1]))
-            im = ax.imshow(pos.tril().numpy(), cmap="RdBu_r")
+            fig, ax = plt.subplots(figsize=style.SLIDE)
+            im = ax.imshow(pos.tril().numpy(), cmap="RdBu_r", aspect="auto")
             ax.set_xlabel(tr("key position"))
             ax.set_ylabel(tr("query position"))
             fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02).set_label(tr("positional score"))

@@ -154,15 +154,16 @@ def kv_cache(ctx: FigureContext) -> FigureOutput:
     })
 
 
-@figure("kv_cache_memory", description="Memory of the KV cache for 1,000 tokens on the three registered models: "
-        "K/V heads (right with grouped-query attention) against the formula with query heads")
+@figure("kv_cache_memory", description="Memory of the KV cache for 1,000 tokens on the loaded model and the course's "
+        "models: K/V heads (right with grouped-query attention) against the formula with query heads")
 def kv_cache_memory(ctx: FigureContext) -> FigureOutput:
     from mechdemo.architecture import architecture_of
     from mechdemo.generation import kv_cache_bytes, kv_cache_bytes_of
-    from mechdemo.models import MODELS
+    from mechdemo.models import MODELS, compared_with
 
     rows = {}
-    for name, spec in MODELS.items():
+    for name in compared_with(ctx.model_name):
+        spec = MODELS[name]
         if name == ctx.model_name:  # the loaded model: its config and the dtype it runs in
             config = ctx.model.original_model.config
             dtype = next(ctx.model.original_model.parameters()).dtype
@@ -207,4 +208,7 @@ def kv_cache_memory(ctx: FigureContext) -> FigureOutput:
         "query_head_formula_mb_1000_tokens": {n: round(rows[n]["wrong_mb"], 3) for n in names},
         "query_head_overstatement": {n: round(rows[n]["ratio"], 3) for n in names},
         "dtypes": {n: rows[n]["dtype"] for n in names},
+        "loaded": {"kv_cache_mb": round(rows[ctx.model_name]["right_mb"], 3),
+                   "query_head_formula_mb": round(rows[ctx.model_name]["wrong_mb"], 3),
+                   "query_head_overstatement": round(rows[ctx.model_name]["ratio"], 3)},
     })

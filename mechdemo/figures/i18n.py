@@ -201,6 +201,13 @@ ES: dict[str, str] = {
     "copying score (OV: what it writes)": "copying score (OV: qué escribe)",
     "top {n} induction heads (keys that read)": "las {n} mejores induction heads (keys que leen)",
     "previous-token heads\n(output written)": "previous-token heads\n(salida escrita)",
+    "no outlier dimension: the largest is {ratio}× the median": "ninguna dimensión atípica: la mayor es {ratio}× la mediana",
+    "no name mover found: path patching finds no IOI circuit on this model":
+        "ningún name mover encontrado: el path patching no encuentra un circuito IOI en este modelo",
+    "no name mover found: no path to their queries to scan":
+        "ningún name mover encontrado: no hay caminos a sus queries que medir",
+    "no previous-token head shown sits in an earlier layer than these induction heads":
+        "ninguna previous-token head de las mostradas está en una capa anterior a estas induction heads",
     "mean of all pairs: {value}": "media de todos los pares: {value}",
     "key position": "posición de la key",
     "query position": "posición de la query",

@@ -164,6 +164,7 @@ def dla_figure(ctx: FigureContext) -> FigureOutput:
         "n_top_heads": len(best),
         "logit_diff_mean": round(ld, 4), "accuracy": round(acc, 4),
         "logit_diff_by_template": by_template,
+        "hardest_template": {"template": by_template.index(min(by_template)), "logit_diff": min(by_template)},
         "top_heads": [{"layer": l, "head": h, "dla": round(v, 4)} for l, h, v in best],
         "most_negative_heads": [{"layer": l, "head": h, "dla": round(-v, 4)} for l, h, v in worst],
         "shown_heads_total": round(shown, 4), "other_heads_total": round(others, 4),
@@ -393,6 +394,8 @@ def path_patching_figure(ctx: FigureContext) -> FigureOutput:
         fig.colorbar(im, ax=ax, fraction=0.08, pad=0.03).set_label(tr("effect"))
         _annotate_roles(ax, roles, {"name_mover": (0, 5), "copy_suppression": (1, 12),
                                     "negative_name_mover": (1.5, 27.5)})
+        if queries is None:
+            style.note(ax, tr("no name mover found: no path to their queries to scan"))
         if queries is not None:
             ax = axes[0, 1]
             im = _heatmap(ax, queries, tr("heads → name movers' queries"))
@@ -492,6 +495,8 @@ def ioi_circuit_figure(ctx: FigureContext) -> FigureOutput:
             right = start[0] >= stop[0]  # label on the outer side of the edge
             ax.text(mid_x + (16 if right else -16), mid_y, tr("{kind}-composition", kind=kind),
                     ha="left" if right else "right", va="center", fontsize=22, weight="bold", color=style.BLUE)
+        if "name_mover" not in roles:  # the search starts from the name movers: without them, no circuit
+            style.note(ax, tr("no name mover found: path patching finds no IOI circuit on this model"))
         return fig
 
     return FigureOutput(draw, results={

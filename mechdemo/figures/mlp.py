@@ -156,6 +156,9 @@ def mlp_histogram(ctx: FigureContext) -> FigureOutput:
     })
 
 
+OUTLIER_OVER_MEDIAN = 5  # mlp_outlier_dims: a dimension this many times the median one is an outlier
+
+
 @figure("mlp_outlier_dims", description="Mean magnitude of one layer's MLP output per residual-stream dimension: "
         "a few outlier dimensions dominate")
 def mlp_outlier_dims(ctx: FigureContext) -> FigureOutput:
@@ -163,7 +166,9 @@ def mlp_outlier_dims(ctx: FigureContext) -> FigureOutput:
     x, stats, tokens = layer["x"], layer["stats"], layer["tokens"]
     magnitude = x.abs().mean(0).numpy()
     median = stats["median_dim_mean_abs"]
-    top = stats["outlier_dims"][:3]
+    # highlighted: up to three dimensions, only those well above the median (a model without outlier
+    # dimensions gets a note, not three arbitrary bars in red)
+    top = [d for d in stats["outlier_dims"][:3] if magnitude[d] >= OUTLIER_OVER_MEDIAN * median]
     # the token on which each outlier dimension is largest
     peaks = [tokens[int(x[:, d].abs().argmax())] for d in top]
 
@@ -172,7 +177,7 @@ def mlp_outlier_dims(ctx: FigureContext) -> FigureOutput:
 
         fig, ax = plt.subplots(figsize=style.SLIDE)
         ax.stairs(magnitude, np.arange(len(magnitude) + 1) - 0.5, fill=True, color=style.GREY)  # one artist: fast
-        same = len(set(peaks)) == 1
+        same = len(set(peaks)) == 1 and len(peaks) > 1
         for dim, token in zip(top, peaks):
             ax.bar(dim, magnitude[dim], width=4, color=style.RED)
             ratio = num(magnitude[dim] / median, ".0f")
@@ -182,7 +187,10 @@ def mlp_outlier_dims(ctx: FigureContext) -> FigureOutput:
             right = dim > 0.7 * len(magnitude)
             ax.annotate(label, (dim, magnitude[dim]), xytext=(-12 if right else 12, -6), textcoords="offset points",
                         va="top", ha="right" if right else "left", color=style.RED, fontsize=20, weight="bold")
-        if same:
+        if not top:
+            style.note(ax, tr("no outlier dimension: the largest is {ratio}× the median",
+                              ratio=num(magnitude.max() / median, ".1f")))
+        elif same:
             ax.text(0.02, 0.6, tr("all {n} peak on the token {token}", n=len(top), token=_token(peaks[0])),
                     transform=ax.transAxes, ha="left", va="center", color=style.RED, fontsize=22)
         ax.axhline(median, color=style.BLUE, ls=":", lw=3,
@@ -199,7 +207,8 @@ def mlp_outlier_dims(ctx: FigureContext) -> FigureOutput:
         "outlier_dims": stats["outlier_dims"], "outlier_mean_abs": [round(v, 4) for v in stats["outlier_mean_abs"]],
         "median_dim_mean_abs": round(median, 4),
         "top_over_median": round(stats["outlier_mean_abs"][0] / median, 2),
-        "outlier_peak_tokens": peaks,
+        "outlier_peak_tokens": peaks,  # of the highlighted dimensions, those over the threshold
+        "outlier_threshold": OUTLIER_OVER_MEDIAN,
     })
 
 

@@ -368,6 +368,7 @@ def run_figures(
             manifest = read_manifest(out)
             manifest.setdefault("figures", {})[spec.name] = entry
             manifest["mechdemo_version"] = __version__
+            manifest["model"] = spec_model.deck_facts()  # what the deck says about the model
             _write_json_atomic(out / MANIFEST, manifest)
         written[spec.name] = entry
     return written

@@ -131,3 +131,13 @@ def layer_head_heatmap(
 
 def head_label(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
+
+
+def note(ax, text: str) -> None:
+    """A visible note across ``ax``: what a figure says when its result is missing or degenerate on
+    this model (no circuit found, no head of a kind), instead of an empty or misleading picture."""
+    import textwrap
+
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 48)), transform=ax.transAxes, ha="center", va="center",
+            fontsize=24, color=RED, zorder=10,
+            bbox={"boxstyle": "round,pad=0.6", "fc": "white", "ec": RED, "lw": 2.5, "alpha": 0.95})
