@@ -40,6 +40,64 @@ def command(name: str, help: str, run: Callable[[argparse.Namespace], int]):
     return register
 
 
+# --- argument types: a wrong value stops argparse with the flag's name (exit 2), before any work ---
+
+
+def _int_at_least(minimum: int, what: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{what}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_above(minimum: float, inclusive: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value != value or (value < minimum if inclusive else value <= minimum):
+            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'more than'} {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _probability(text: str) -> float:
+    value = _float_above(0)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be at most 1 (a probability mass), got {text}")
+    return value
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
+
+
+def _device(text: str) -> str:
+    """cpu, cuda, cuda:N or mps, and only if this machine has it."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda, cuda:N or mps")
+    import torch
+
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text} asked for, but torch sees no CUDA GPU here: use --device cpu "
+                                         "(or leave --device out: the best available is picked)")
+    if text == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError("mps asked for, but this machine has no Apple GPU: use --device cpu")
+    return text
+
+
 def _print_json(data) -> None:
     json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
@@ -143,7 +201,7 @@ def _configure_figures(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", nargs="+", metavar="NAME", help="regenerate only these figures")
     p.add_argument("--model", default=None, help="model to compute on (default: the offline default)")
     p.add_argument("--out", default=None, help="output folder (default: img/, or img/<model>/ for another model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--list", action="store_true", help="list the registered figures and exit")
     p.add_argument("--scale", choices=("full", "small"), default="full",
                    help="full: the deck's figures (default); small: same code on small inputs, seconds (for tests)")
@@ -178,11 +236,11 @@ def _run_heads(args: argparse.Namespace) -> int:
 @command("heads", "score every attention head: previous/current/first-token, duplicate-token, induction", _run_heads)
 def _configure_heads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model (default: the offline default)")
-    p.add_argument("--batch", type=int, default=8, help="number of random sequences (default 8)")
-    p.add_argument("--seq-len", type=int, default=50, help="length of the random sequence R (default 50)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=3, help="heads listed per type (default 3)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--batch", type=POSITIVE, default=8, help="number of random sequences (default 8)")
+    p.add_argument("--seq-len", type=_int_at_least(2), default=50, help="length of the random sequence R (default 50)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--top", type=POSITIVE, default=3, help="heads listed per type (default 3)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--json", action="store_true", help="print JSON with n_layers x n_heads score lists")
 
 
@@ -244,11 +302,11 @@ def _configure_ioi(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--prompts", default=None, metavar="FILE.jsonl",
                    help='your prompts: one {"prompt": ..., "correct": " Mary", "incorrect": " John"} per line')
-    p.add_argument("--n", type=int, default=16, help="prompts per template (default 16)")
-    p.add_argument("--template", type=int, default=None, help="only this template (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=POSITIVE, default=16, help="prompts per template (default 16)")
+    p.add_argument("--template", type=NON_NEGATIVE, default=None, help="only this template (default: all)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--circuit", action="store_true", help="find the circuit by path patching (about a minute per 16 prompts on a CPU)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--json", action="store_true")
 
 
@@ -280,15 +338,16 @@ def _configure_extract(p: argparse.ArgumentParser) -> None:
     from mechdemo.corpus import OFFLINE_CORPUS, PILE
 
     p.add_argument("--model", default=None, help="model (default: the offline default)")
-    p.add_argument("--layer", type=int, required=True, help="MLP layer (Llama 3.2 1B: 8, as in the course)")
+    p.add_argument("--layer", type=NON_NEGATIVE, required=True, help="MLP layer (Llama 3.2 1B: 8, as in the course)")
     p.add_argument("--corpus", default=OFFLINE_CORPUS,
                    help=f"{OFFLINE_CORPUS!r} (offline default), a .txt/.jsonl file or folder, or a Hub dataset "
                         f"such as {PILE!r}")
     p.add_argument("--out", required=True, help="output folder (rerun with the same arguments to resume)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
-    p.add_argument("--max-tokens", type=int, default=None, help="stop after about this many stored tokens")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (default 16)")
-    p.add_argument("--shard-size", type=int, default=50_000, help="tokens per shard (default 50,000)")
+    p.add_argument("--seq-len", type=_int_at_least(2, " (BOS and one token)"), default=128,
+                   help="tokens per sequence (default 128)")
+    p.add_argument("--max-tokens", type=POSITIVE, default=None, help="stop after about this many stored tokens")
+    p.add_argument("--batch-size", type=POSITIVE, default=16, help="sequences per forward pass (default 16)")
+    p.add_argument("--shard-size", type=POSITIVE, default=50_000, help="tokens per shard (default 50,000)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub dataset repo")
     p.add_argument("--json", action="store_true")
 
@@ -342,7 +401,7 @@ def _run_sae(args: argparse.Namespace) -> int:
     from mechdemo.models import load_model
     from mechdemo.sae import SAETrainConfig, evaluate_sae, load_sae, save_sae, train_sae
 
-    _check_sae_args(args)
+    _check_sae_args(args)  # before the dataset is read or a model loaded
     data = ActivationDataset(args.data)
     c = data.manifest["config"]
     if args.action == "train":
@@ -352,7 +411,7 @@ def _run_sae(args: argparse.Namespace) -> int:
         sae = train_sae(data, cfg, progress=not args.json)
         model = None if args.no_model else load_model(c["model"])
         metrics = evaluate_sae(sae, data, model, n_sequences=args.eval_sequences)
-        save_sae(sae, args.out, cfg, metrics)
+        save_sae(sae, args.out, cfg, metrics, overwrite=args.overwrite)
         summary = _sae_summary(args.out, asdict(cfg), metrics)
     else:
         sae = load_sae(args.sae)
@@ -386,26 +445,46 @@ def _configure_sae(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", help="eval: a saved SAE folder")
     p.add_argument("--architecture", choices=ARCHITECTURES, default=d.architecture,
                    help=f"relu (L1 penalty), topk or jumprelu (default {d.architecture})")
-    p.add_argument("--expansion", type=int, default=d.expansion, help=f"d_sae / d_model (default {d.expansion})")
-    p.add_argument("--k", type=int, default=d.k, help=f"topk: active features per token (default {d.k})")
-    p.add_argument("--l1", type=float, default=d.l1_coefficient, help=f"relu: L1 coefficient (default {d.l1_coefficient:g})")
-    p.add_argument("--l0", type=float, default=d.l0_coefficient, help=f"jumprelu: L0 coefficient (default {d.l0_coefficient:g})")
-    p.add_argument("--tokens", type=int, default=d.training_tokens,
+    p.add_argument("--expansion", type=POSITIVE, default=d.expansion, help=f"d_sae / d_model (default {d.expansion})")
+    p.add_argument("--k", type=POSITIVE, default=d.k, help=f"topk: active features per token (default {d.k})")
+    p.add_argument("--l1", type=_float_above(0, inclusive=True), default=d.l1_coefficient, help=f"relu: L1 coefficient (default {d.l1_coefficient:g})")
+    p.add_argument("--l0", type=_float_above(0, inclusive=True), default=d.l0_coefficient, help=f"jumprelu: L0 coefficient (default {d.l0_coefficient:g})")
+    p.add_argument("--tokens", type=POSITIVE, default=d.training_tokens,
                    help=f"training samples (the dataset repeats if smaller; default {d.training_tokens:,})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"default {d.lr:g}")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--eval-sequences", type=int, default=32,
+    p.add_argument("--batch-size", type=POSITIVE, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=_float_above(0), default=d.lr, help=f"default {d.lr:g}")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=d.seed)
+    p.add_argument("--eval-sequences", type=POSITIVE, default=32,
                    help="held-out sequences for the spliced-loss evaluation (default 32)")
     p.add_argument("--no-model", action="store_true", help="skip the spliced-loss evaluation (no model load)")
+    p.add_argument("--overwrite", action="store_true", help="train: replace an SAE already in --out")
     p.add_argument("--json", action="store_true")
 
 
 def _check_sae_args(args: argparse.Namespace) -> None:
-    if args.action == "train" and not args.out:
-        raise MechdemoError("mechdemo sae train needs --out DIR: the folder to save the SAE in")
-    if args.action == "eval" and not args.sae:
-        raise MechdemoError("mechdemo sae eval needs --sae DIR: a folder written by `mechdemo sae train`")
+    """Everything about the arguments that can be checked before reading data or training."""
+    from pathlib import Path
+
+    from mechdemo.sae import check_sae_out
+
+    data = Path(args.data)
+    if not (data / "manifest.json").is_file():
+        hint = ("it holds an SAE: --data takes the activation dataset (from `mechdemo extract`), --sae the SAE"
+                if (data / "cfg.json").is_file() else "build one with `mechdemo extract --layer N --out DIR`")
+        raise MechdemoError(f"--data {data} is not an activation dataset (no manifest.json): {hint}")
+    if args.action == "train":
+        if not args.out:
+            raise MechdemoError("mechdemo sae train needs --out DIR: the folder to save the SAE in")
+        out = Path(args.out).absolute()
+        if out == data.absolute() or data.absolute() in out.parents:
+            raise MechdemoError(f"--out {args.out} is inside the dataset --data {args.data}: save the SAE elsewhere")
+        check_sae_out(args.out, args.overwrite)  # a bad --out is found now, not after training
+    if args.action == "eval":
+        if not args.sae:
+            raise MechdemoError("mechdemo sae eval needs --sae DIR: a folder written by `mechdemo sae train`")
+        if not (Path(args.sae) / "cfg.json").is_file():
+            raise MechdemoError(f"--sae {args.sae} is not a saved SAE (no cfg.json): train one with "
+                                f"`mechdemo sae train --data {args.data} --out DIR`")
 
 
 # --- mechdemo anatomy ------------------------------------------------------------------------------
@@ -476,14 +555,14 @@ def _configure_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model (default: the offline default)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--strategy", choices=STRATEGIES, default="greedy")
-    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=20)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step")
-    p.add_argument("--temperature", type=float, default=1.0, help="sample / top-k / top-p (default 1)")
-    p.add_argument("--k", type=int, default=50, help="top-k (default 50)")
-    p.add_argument("--p", type=float, default=0.9, help="top-p (default 0.9)")
-    p.add_argument("--num-beams", type=int, default=4, help="beam (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--temperature", type=_float_above(0), default=1.0, help="sample / top-k / top-p (default 1)")
+    p.add_argument("--k", type=POSITIVE, default=50, help="top-k (default 50)")
+    p.add_argument("--p", type=_probability, default=0.9, help="top-p, in (0, 1] (default 0.9)")
+    p.add_argument("--num-beams", type=POSITIVE, default=4, help="beam (default 4)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--json", action="store_true")
 
 
@@ -523,5 +602,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mechdemo: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("mechdemo: interrupted", file=sys.stderr)
+        kept = {"extract": "every completed shard is kept: rerun the same command to resume",
+                "figures": "every figure finished before is kept in the manifest",
+                "sae": "nothing was saved (an SAE is written only when complete)"}.get(args.command, "")
+        print(f"mechdemo: interrupted{'; ' + kept if kept else ''}", file=sys.stderr)
         return 130
+    except Exception:  # not the user's mistake: a bug, with everything needed to report it
+        import traceback
+
+        traceback.print_exc()
+        print(f"mechdemo {__version__}: this is a bug in mechdemo, not something you did wrong; please report it "
+              "with the command and the traceback above.", file=sys.stderr)
+        return 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 import sysconfig
 from dataclasses import dataclass
@@ -41,10 +42,13 @@ OFFLINE_CORPUS = "python-docs"
 PILE = "monology/pile-uncopyrighted"
 
 
+MAX_CHARS = 30_000  # the quality filter's longest document
+
+
 def good(text: str) -> bool:
     """The course's quality filter."""
     t = text.strip()
-    return 20 < len(t) < 30_000 and t.upper() != t and not t.isnumeric()
+    return 20 < len(t) < MAX_CHARS and t.upper() != t and not t.isnumeric()
 
 
 def _python_docs() -> Iterator[str]:
@@ -68,23 +72,70 @@ def _python_docs() -> Iterator[str]:
                     yield doc
 
 
-def _local(path: Path) -> Iterator[str]:
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl")) if path.is_dir() else [path]
+LOCAL_SUFFIXES = (".txt", ".jsonl")
+
+
+def _local_files(path: Path) -> list[Path]:
+    files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES) if path.is_dir() else [path]
     if not files:
-        raise MechdemoError(f"{path} holds no .txt or .jsonl files")
+        raise MechdemoError(f"--corpus {path} holds no .txt or .jsonl files")
     for file in files:
+        if file.suffix not in LOCAL_SUFFIXES:
+            raise MechdemoError(f"--corpus {file}: corpus files must be .txt or .jsonl")
+        with open(file, "rb") as f:
+            head = f.read(8192)
+        if b"\0" in head:
+            raise MechdemoError(f"--corpus {file} is a binary file, not text: give a .txt or .jsonl file of text")
+    return files
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = file.read_bytes()[: err.start].count(b"\n") + 1
+        raise MechdemoError(f"--corpus {file}:{line}: not UTF-8 text ({err.reason}): convert it, e.g. "
+                            f"`iconv -f latin1 -t utf-8 {file} > fixed.txt`") from None
+
+
+def _paragraphs(text: str) -> list[str]:
+    """A .txt file is one document; one longer than the quality filter's limit is split into its
+    paragraphs (blank-line separated), which would otherwise be dropped whole."""
+    if len(text) <= MAX_CHARS:
+        return [text]
+    return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def _local(path: Path) -> Iterator[str]:
+    for file in _local_files(path):
         if file.suffix == ".txt":
-            yield file.read_text(encoding="utf-8", errors="replace")
-        elif file.suffix == ".jsonl":
-            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            yield from _paragraphs(_read_text(file))
+        else:
+            for number, line in enumerate(_read_text(file).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
-                    yield json.loads(line)["text"]
+                    text = json.loads(line)["text"]
                 except (ValueError, KeyError, TypeError):
-                    raise MechdemoError(f'{file}:{number}: expected a JSON object with a "text" field') from None
-        else:
-            raise MechdemoError(f"{file}: corpus files must be .txt or .jsonl")
+                    raise MechdemoError(f'--corpus {file}:{number}: expected a JSON object with a "text" field') from None
+                if not isinstance(text, str):
+                    raise MechdemoError(f'--corpus {file}:{number}: "text" must be a string, got {type(text).__name__}')
+                yield text
+
+
+def check_corpus(source: str) -> None:
+    """Everything about ``--corpus`` that can be checked before any work: the offline corpus, an
+    existing local file or folder of text, or a Hub dataset name (``owner/name``)."""
+    if source == OFFLINE_CORPUS:
+        return
+    path = Path(source).expanduser()
+    if path.exists():
+        _local_files(path)
+        return
+    looks_local = source.startswith((".", "/", "~")) or path.suffix in LOCAL_SUFFIXES or source.count("/") != 1
+    if looks_local:
+        raise MechdemoError(f"--corpus {source}: no such file or folder. Use {OFFLINE_CORPUS!r} (offline), a local "
+                            f".txt/.jsonl file or folder, or a Hugging Face dataset name such as {PILE!r}.")
 
 
 def _hub(name: str) -> Iterator[str]:

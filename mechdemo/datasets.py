@@ -224,8 +224,19 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
+    """``--out`` can hold this dataset: new, empty, or this very dataset (to resume); writable."""
+    import os
+
     config_file = out / "config.json"
     wanted = {**asdict(cfg), "format": FORMAT}
+    if out.exists() and not out.is_dir():
+        raise MechdemoError(f"--out {out} is a file, not a folder: choose a folder for the dataset")
+    if out.is_dir() and not config_file.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise MechdemoError(f"--out {out} holds files of something other than a mechdemo dataset: choose another "
+                            "(mechdemo never writes into a folder it did not create)")
+    parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MechdemoError(f"--out {out}: {parent} is not writable: choose a folder you can write to")
     if config_file.exists():
         have = json.loads(config_file.read_text())
         if have != wanted:
@@ -247,12 +258,16 @@ def extract(
     from tqdm.auto import tqdm
 
     from mechdemo.activations import check_layer
+    from mechdemo.corpus import check_corpus
     from mechdemo.models import get_spec, load_model
 
     rank, world, local = _distributed()
     out = Path(out_dir)
     cfg = ExtractConfig(**{**asdict(cfg), "model": get_spec(cfg.model).name})
     _check_out_dir(out, cfg)
+    check_corpus(cfg.corpus)  # before the model loads or a byte is written
+    if model is None and cfg.layer >= (n_layers := get_spec(cfg.model).architecture.n_layers):
+        raise MechdemoError(f"--layer {cfg.layer} is out of range: {cfg.model} has layers 0 to {n_layers - 1}")
     if world > 1:
         import torch.distributed as dist
 
@@ -263,9 +278,8 @@ def extract(
         model = load_model(cfg.model, device=device)
     check_layer(model, cfg.layer)
     d_model = model.cfg.d_model
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        _write_json_atomic(out / "config.json", {**asdict(cfg), "format": FORMAT})
     for pattern in (f".shard-r{rank:03d}-*.tmp", f".progress-r{rank:03d}.json.*.tmp"):  # left by a killed run
         for stale in out.glob(pattern):
             stale.unlink(missing_ok=True)
@@ -289,12 +303,22 @@ def extract(
             bar.update(batch.rows)
             computed += batch.rows
             bar.set_postfix_str(f"{computed / (time.perf_counter() - start):,.0f} tok/s computed")
+        if rank == 0 and not (out / "config.json").exists():  # written with the first shard: a run that
+            _write_json_atomic(out / "config.json", {**asdict(cfg), "format": FORMAT})  # fails earlier leaves none
         meta = {"rank": rank, "index": shard.index, "batches": [b.index for b in shard.batches],
                 "layer": cfg.layer, "model": cfg.model}
         done[shard.name] = {**_write_shard(path, d_model, parts, meta), "batches": meta["batches"]}
         _write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": False})
-    _write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": True})
     bar.close()
+    if not done and world == 1:  # nothing to store: say why, and leave no folder behind
+        if created:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise MechdemoError(f"--corpus {cfg.corpus} gave no tokens to store: the quality filter keeps documents of "
+                            "21 to 29,999 characters that are not all capitals nor only digits (a .txt file is one "
+                            "document, split into paragraphs when longer); check the corpus")
+    _write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": True})
     if world > 1:
         import torch.distributed as dist
 
@@ -400,12 +424,26 @@ class ActivationDataset:
         return args + (f" --max-tokens {c['max_tokens']}" if c.get("max_tokens") else "")
 
     def table(self, i: int) -> pa.Table:
-        """Shard ``i`` as a memory-mapped Arrow table."""
+        """Shard ``i`` as a memory-mapped Arrow table, checked against the manifest on first use:
+        its size, and the sha256 of the bytes mapped (one pass over pages the reader maps anyway),
+        so training never runs on a damaged shard."""
+        import hashlib
+
         name = self.shards[i]["file"]
         if name not in self._tables:
             path = self.path / name
+            record = self.shards[i]
+            rebuild = (f"Rerun `mechdemo extract` with the dataset's arguments ({self.config_args()}): it rebuilds "
+                       "only the damaged shard.")
             try:
-                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+                if path.stat().st_size != record["bytes"]:
+                    raise CorruptFileError(f"{path} has {path.stat().st_size:,} bytes, the manifest says "
+                                           f"{record['bytes']:,}: truncated or damaged. {rebuild}")
+                mapped = pa.memory_map(str(path), "r")
+                if "sha256" in record and hashlib.sha256(mapped.read_buffer()).hexdigest() != record["sha256"]:
+                    raise CorruptFileError(f"{path} is damaged: its sha256 differs from the manifest's. {rebuild}")
+                mapped.seek(0)
+                reader = pa.ipc.open_file(mapped)
                 table = reader.read_all()
             except (OSError, pa.ArrowInvalid) as err:
                 raise CorruptFileError(

@@ -12,8 +12,11 @@ and training (the SAEs of the deck) amplifies that into different features and d
 scipy's BLAS: PCA, t-SNE) and, on a CPU with AVX-512, ``NPY_DISABLE_CPU_FEATURES`` for numpy's
 AVX-512 loops. Every x86-64 CPU since 2013 has AVX2; on a CPU without it, or another architecture
 (ARM, Apple silicon), nothing is set. A value the user has set is kept, so ``MKL_CBWR=AUTO``
-restores MKL's fastest path. This must run before torch and numpy are imported: ``import mechdemo``
-does it first (the test suite's conftest imports mechdemo before torch).
+restores MKL's fastest path, and ``MECHDEMO_NATIVE_KERNELS=1`` turns the pinning off (each library
+picks its fastest kernels; the numbers then depend on the CPU). This must run before torch and numpy
+are imported: ``import mechdemo`` does it first. Under pytest, plugins import both before the
+conftest: the conftest then sets ``MECHDEMO_NATIVE_KERNELS=1`` unless ``make check`` pinned the
+process, so that the mechdemo subprocesses a test starts compute with the same kernels as the test.
 
 Measured on this project's 2-core machine (AVX-512): the full regeneration takes about the same
 time pinned (3.5-4 min); a torch already imported keeps its kernels, so a notebook should import
@@ -42,7 +45,7 @@ def cpu_flags() -> set[str]:
 def pin_cpu_kernels() -> dict[str, str]:
     """Set :data:`PINNED` (and :data:`NUMPY_AVX512` on an AVX-512 CPU) in the environment unless set
     already; return what is in effect. No effect on libraries already imported, nor off x86-64."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if os.environ.get("MECHDEMO_NATIVE_KERNELS") == "1" or platform.machine().lower() not in ("x86_64", "amd64"):
         return {}
     flags = cpu_flags()
     if flags and "avx2" not in flags:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -139,12 +140,22 @@ def split_shards(dataset: ActivationDataset) -> tuple[list[int], list[int]]:
 def data_provider(
     dataset: ActivationDataset, shards: Sequence[int], batch_size: int, seed: int = 0
 ) -> Iterator[Float[Tensor, "batch d_in"]]:
-    """Endless shuffled batches of raw activations from ``shards`` (a new order every epoch)."""
+    """Endless shuffled batches of raw activations from ``shards`` (a new order every epoch).
+
+    Only full batches (the trainer counts samples per step): shards holding fewer tokens than
+    ``batch_size`` would never yield one, so that is an error, not an endless loop."""
     epoch = 0
     while True:
+        yielded = False
         for batch in dataset.batches(batch_size, shuffle=True, seed=seed + epoch, shards=shards):
-            if len(batch) == batch_size:  # the trainer counts samples per step
+            if len(batch) == batch_size:
+                yielded = True
                 yield batch
+        if not yielded:
+            rows = sum(dataset.manifest["shards"][i]["rows"] for i in shards)
+            raise MechdemoError(f"the training shards of {dataset.path} hold {rows:,} tokens, fewer than one batch "
+                                f"(--batch-size {batch_size}): use --batch-size {max(1, rows)} or less, or extract "
+                                "more tokens")
         epoch += 1
 
 
@@ -156,6 +167,11 @@ def train_sae(
     from sae_lens.config import SAETrainerConfig
 
     train_shards, _ = split_shards(dataset)
+    rows = sum(dataset.manifest["shards"][i]["rows"] for i in train_shards)
+    if rows < cfg.batch_size:  # before building anything (data_provider checks it too)
+        raise MechdemoError(f"the training shards of {dataset.path} hold {rows:,} tokens, fewer than one batch "
+                            f"(--batch-size {cfg.batch_size}): use --batch-size {max(1, rows)} or less, or extract "
+                            "more tokens")
     c = dataset.manifest["config"]
     sae = make_sae(cfg, dataset.d_model, metadata={
         "model_name": c["model"], "hook_name": mlp_hook_name(c["layer"]), "hook_head_index": None,
@@ -193,15 +209,54 @@ def _silent_tqdm(tqdm_cls):
     return make
 
 
-def save_sae(sae: "TrainingSAE", out: str | Path, cfg: SAETrainConfig, metrics: dict | None = None) -> Path:
-    """Save the inference SAE (SAELens format: ``cfg.json`` + safetensors) and our config and metrics."""
+def check_sae_out(out: str | Path, overwrite: bool = False) -> Path:
+    """Check, before any training, that an SAE can be saved in ``out``: not a file, not a folder
+    holding something else, not an existing SAE unless ``overwrite``, and writable. Raises a
+    :class:`MechdemoError` naming the fix; returns the path."""
+    import os
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sae.save_inference_model(str(out))
-    record = {"train_config": asdict(cfg), "metrics": metrics or {}}
-    tmp = out / f".{TRAIN_CONFIG}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(out / TRAIN_CONFIG)
+    if out.exists() and not out.is_dir():
+        raise MechdemoError(f"--out {out} is a file, not a folder: choose a folder for the SAE")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "cfg.json").is_file():
+            raise MechdemoError(f"--out {out} is a folder that holds something other than an SAE: choose another "
+                                "(mechdemo never replaces a folder it did not write)")
+        if not overwrite:
+            raise MechdemoError(f"--out {out} already holds an SAE: pass --overwrite to replace it, or choose "
+                                "another --out")
+    parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MechdemoError(f"--out {out}: {parent} is not writable: choose a folder you can write to")
+    return out
+
+
+def save_sae(sae: "TrainingSAE", out: str | Path, cfg: SAETrainConfig, metrics: dict | None = None,
+             overwrite: bool = False) -> Path:
+    """Save the inference SAE (SAELens format: ``cfg.json`` + safetensors) and our config and metrics.
+
+    Written into a sibling folder first and renamed into place, so an interrupted save never leaves
+    half an SAE; an existing SAE in ``out`` is replaced only with ``overwrite`` (then atomically)."""
+    import shutil
+
+    out = check_sae_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.saving-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.saving-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        sae.save_inference_model(str(tmp))
+        (tmp / TRAIN_CONFIG).write_text(json.dumps({"train_config": asdict(cfg), "metrics": metrics or {}}, indent=2))
+        if out.exists():  # an empty folder, or an SAE being replaced (--overwrite)
+            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

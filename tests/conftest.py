@@ -12,6 +12,12 @@ import pytest  # noqa: E402
 import mechdemo  # noqa: E402,F401  (first: it pins torch's CPU kernels before torch loads, mechdemo.kernels)
 import torch  # noqa: E402
 
+# pytest's plugins usually load torch before this file: then this process runs the CPU's native
+# kernels (unless `make check` pinned them in the environment), and the mechdemo subprocesses the
+# tests start must run the same ones, or a dataset they build differs in its last bits.
+if os.environ.get("MKL_CBWR") != "AVX2" or torch.backends.cpu.get_cpu_capability() != "AVX2":
+    os.environ["MECHDEMO_NATIVE_KERNELS"] = "1"
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest-xdist workers on the two cores: one torch thread each (two
     # processes with two OpenMP threads each spin against each other), and so for the mechdemo

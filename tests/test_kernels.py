@@ -14,7 +14,8 @@ from mechdemo.kernels import PINNED, cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 X86_AVX2 = "avx2" in cpu_flags()
-CLEAN = {k: v for k, v in os.environ.items() if k not in PINNED and k != "NPY_DISABLE_CPU_FEATURES"}
+CLEAN = {k: v for k, v in os.environ.items()
+         if k not in PINNED and k not in ("NPY_DISABLE_CPU_FEATURES", "MECHDEMO_NATIVE_KERNELS")}
 
 
 def run(code: str, **env: str) -> str:
@@ -38,6 +39,11 @@ def test_a_value_the_user_set_is_kept_and_torch_imported_first_is_left_alone():
     assert run("import mechdemo, os; print(os.environ['MKL_CBWR'])", MKL_CBWR="AUTO") == "AUTO"
     out = run("import torch, mechdemo, os; print(os.environ.get('MKL_CBWR'), mechdemo.kernels.pin_cpu_kernels())")
     assert out == "None {}"  # too late to pin: nothing set, nothing claimed
+    out = run("import mechdemo, os, torch; print(os.environ.get('MKL_CBWR'), torch.backends.cpu.get_cpu_capability())",
+              MECHDEMO_NATIVE_KERNELS="1")
+    assert out.split()[0] == "None"  # the opt-out: the CPU's own kernels
+    if "avx512f" in cpu_flags():
+        assert out.split()[1] == "AVX512"
 
 
 def test_the_makefile_gets_the_same_pins_as_shell_assignments():
