@@ -114,9 +114,12 @@ def test_cli_refuses_wrong_sampling_settings_before_loading_the_model(monkeypatc
         raise AssertionError("the model was loaded before the settings were checked")
 
     monkeypatch.setattr(models, "load_model", no_load)
-    for argv, expected in ((["--strategy", "top-p", "--p", "1.5"], "top-p needs 0 < p <= 1, got 1.5"),
-                           (["--strategy", "top-k", "--k", "0"], "top-k needs k >= 1"),
-                           (["--strategy", "sample", "--temperature", "0"], "temperature must be > 0")):
-        assert main(["generate", "--prompt", PROMPT, *argv]) == 2
+    # the flags' types refuse these in argparse (exit 2, the flag named), before anything runs
+    for argv, expected in ((["--strategy", "top-p", "--p", "1.5"], "argument --p: must be at most 1"),
+                           (["--strategy", "top-k", "--k", "0"], "argument --k: must be at least 1"),
+                           (["--strategy", "sample", "--temperature", "0"], "argument --temperature: must be more than 0")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["generate", "--prompt", PROMPT, *argv])
+        assert exit_.value.code == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err

@@ -351,14 +351,17 @@ WRITERS = ("name_mover", "backup_name_mover", "negative_name_mover", "copy_suppr
 
 def _annotate_roles(ax, roles: dict, where: dict[str, tuple[float, float]]) -> None:
     """Label the heads of some roles on a layer x head heatmap: a box around each head, the role's
-    name at ``where[role]`` = (shift right of the heads' mean, layer), in an empty part of the panel,
-    an arrow to its heads (one arrow to a row of neighbours)."""
+    name at ``where[role]`` = (shift right of the heads' mean, height as a fraction of the layers),
+    in an empty part of the panel, an arrow to its heads (one arrow to a row of neighbours). The
+    height is a fraction so that the layout holds for a model of any depth."""
     from matplotlib.patches import Rectangle
 
     n_heads = ax.get_xlim()[1] + 0.5
-    for role, (shift, y) in where.items():
+    n_layers = max(ax.get_ylim()) + 0.5
+    for role, (shift, fraction) in where.items():
         if not roles.get(role):
             continue
+        y = fraction * n_layers
         color = ROLE_STYLE[role][1]
         heads = sorted((h["layer"], h["head"]) for h in roles[role])
         for layer, head in heads:
@@ -392,8 +395,8 @@ def path_patching_figure(ctx: FigureContext) -> FigureOutput:
         ax = axes[0, 0]
         im = _heatmap(ax, direct, tr("heads → logits"))
         fig.colorbar(im, ax=ax, fraction=0.08, pad=0.03).set_label(tr("effect"))
-        _annotate_roles(ax, roles, {"name_mover": (0, 5), "copy_suppression": (1, 12),
-                                    "negative_name_mover": (1.5, 27.5)})
+        _annotate_roles(ax, roles, {"name_mover": (0, 5 / 30), "copy_suppression": (1, 12 / 30),
+                                    "negative_name_mover": (1.5, 27.5 / 30)})
         if queries is None:
             style.note(ax, tr("no name mover found: no path to their queries to scan"))
         if queries is not None:
@@ -401,9 +404,9 @@ def path_patching_figure(ctx: FigureContext) -> FigureOutput:
             im = _heatmap(ax, queries, tr("heads → name movers' queries"))
             fig.colorbar(im, ax=ax, fraction=0.08, pad=0.03).set_label(tr("effect"))
             first = min(h["layer"] for h in roles["name_mover"])
-            ax.text(4, (first + queries.shape[0]) / 2 - 0.5, tr("after the\nname movers"), ha="center",
-                    va="center", fontsize=20, color=style.GREY)
-            _annotate_roles(ax, roles, {"s_inhibition": (1, 8)})
+            ax.text(queries.shape[1] / 2 - 0.5, (first + queries.shape[0]) / 2 - 0.5, tr("after the\nname movers"),
+                    ha="center", va="center", fontsize=20, color=style.GREY)
+            _annotate_roles(ax, roles, {"s_inhibition": (1, 8 / 30)})
         return fig
 
     return FigureOutput(draw, results={"circuit": circuit.to_json(), "n_prompts": ctx.pick(CIRCUIT_PROMPTS, 2)})
