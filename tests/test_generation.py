@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -96,11 +94,15 @@ def test_kv_cache_formula_equals_the_measured_cache(model, random_bridge):
     assert kv_cache_bytes_of(get_spec("meta-llama/Llama-3.2-1B").published_config(), 1000, torch.bfloat16) == 32_768_000
 
 
-def test_cli_generate_json():
-    proc = subprocess.run([sys.executable, "-m", "mechdemo", "generate", "--prompt", PROMPT, "--strategy", "greedy",
-                           "--max-new-tokens", "6", "--json"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+def test_cli_generate_json(model, monkeypatch, capsys):
+    """In-process through the CLI's main (the console entry point itself is tested in test_cli), with
+    the session's model lent instead of a second load."""
+    from mechdemo import models
+    from mechdemo.cli import main
+
+    monkeypatch.setattr(models, "load_model", lambda name=None, **kwargs: model)
+    assert main(["generate", "--prompt", PROMPT, "--strategy", "greedy", "--max-new-tokens", "6", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert "Paris" in out["text"] and out["forward_passes"] == 6 and len(out["steps"]) == 6
     assert out["steps"][0][0]["token"] == " Paris"
 

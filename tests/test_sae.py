@@ -4,8 +4,6 @@ all three architectures on a real activation dataset, saving, and the CLI."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -237,24 +235,22 @@ def test_unknown_architecture_is_refused():
 # --- CLI --------------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mechdemo", *args], capture_output=True, text=True)
+def test_cli_train_then_eval(model, dataset, tmp_path, capsys, monkeypatch):
+    """In-process through the CLI's main (the console entry point itself is tested in test_cli),
+    with the session's model lent to the CLI instead of two more loads."""
+    from mechdemo import models
+    from mechdemo.cli import main
 
-
-def test_cli_train_then_eval(model, dataset, tmp_path, capsys):
+    monkeypatch.setattr(models, "load_model", lambda name=None, **kwargs: model)
     out = tmp_path / "sae"
-    proc = _cli("sae", "train", "--data", str(dataset.path), "--out", str(out), "--architecture", "topk", "--k", "8",
-                "--expansion", "2", "--tokens", "8192", "--batch-size", "512", "--eval-sequences", "2", "--json")
-    assert proc.returncode == 0, proc.stderr
-    trained = json.loads(proc.stdout)
+    assert main(["sae", "train", "--data", str(dataset.path), "--out", str(out), "--architecture", "topk", "--k", "8",
+                 "--expansion", "2", "--tokens", "8192", "--batch-size", "512", "--eval-sequences", "2",
+                 "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
     m = trained["metrics"]
     assert trained["train_config"]["k"] == 8 and m["l0"] <= 8 + 1e-6
     assert 0 < m["explained_variance"] < 1 and m["ce_spliced"] > m["ce_clean"] - 1e-3
     assert m["ce_zero_ablation"] > m["ce_clean"] and m["loss_recovered"] < 1
-    # the rest in-process (the console entry point is exercised above): same parser, same code
-    from mechdemo.cli import main
-
-    capsys.readouterr()
     assert main(["sae", "eval", "--sae", str(out), "--data", str(dataset.path), "--eval-sequences", "2", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)["metrics"]
     for key in ("l0", "explained_variance", "dead_fraction", "ce_clean", "ce_spliced", "ce_zero_ablation"):
