@@ -223,10 +223,17 @@ def _distributed() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
-    """``--out`` can hold this dataset: new, empty, or this very dataset (to resume); writable."""
+def check_writable(out: Path) -> None:
+    """``--out`` (or its nearest existing ancestor, where it would be created) is writable."""
     import os
 
+    parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MechdemoError(f"--out {out}: {parent} is not writable: choose a folder you can write to")
+
+
+def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
+    """``--out`` can hold this dataset: new, empty, or this very dataset (to resume); writable."""
     config_file = out / "config.json"
     wanted = {**asdict(cfg), "format": FORMAT}
     if out.exists() and not out.is_dir():
@@ -234,9 +241,7 @@ def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
     if out.is_dir() and not config_file.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise MechdemoError(f"--out {out} holds files of something other than a mechdemo dataset: choose another "
                             "(mechdemo never writes into a folder it did not create)")
-    parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MechdemoError(f"--out {out}: {parent} is not writable: choose a folder you can write to")
+    check_writable(out)
     if config_file.exists():
         have = json.loads(config_file.read_text())
         if have != wanted:

@@ -45,7 +45,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechdemo.datasets import ActivationDataset, from_uint16
+from mechdemo.datasets import ActivationDataset, check_writable, from_uint16
 from mechdemo.errors import MechdemoError
 from mechdemo.threads import fixed_threads
 
@@ -137,6 +137,15 @@ def split_shards(dataset: ActivationDataset) -> tuple[list[int], list[int]]:
     return list(range(n - 1)), [n - 1]
 
 
+def check_batch_fits(dataset: ActivationDataset, shards: Sequence[int], batch_size: int) -> None:
+    """Training takes full batches only: shards holding fewer tokens than one batch are an error."""
+    rows = sum(dataset.manifest["shards"][i]["rows"] for i in shards)
+    if rows < batch_size:
+        raise MechdemoError(f"the training shards of {dataset.path} hold {rows:,} tokens, fewer than one batch "
+                            f"(--batch-size {batch_size}): use --batch-size {max(1, rows)} or less, or extract "
+                            "more tokens")
+
+
 def data_provider(
     dataset: ActivationDataset, shards: Sequence[int], batch_size: int, seed: int = 0
 ) -> Iterator[Float[Tensor, "batch d_in"]]:
@@ -151,11 +160,9 @@ def data_provider(
             if len(batch) == batch_size:
                 yielded = True
                 yield batch
-        if not yielded:
-            rows = sum(dataset.manifest["shards"][i]["rows"] for i in shards)
-            raise MechdemoError(f"the training shards of {dataset.path} hold {rows:,} tokens, fewer than one batch "
-                                f"(--batch-size {batch_size}): use --batch-size {max(1, rows)} or less, or extract "
-                                "more tokens")
+        if not yielded:  # never loop forever: a user's too-small dataset, or else a bug
+            check_batch_fits(dataset, shards, batch_size)
+            raise RuntimeError(f"no full batch of {batch_size} from shards {list(shards)} of {dataset.path}")
         epoch += 1
 
 
@@ -167,11 +174,7 @@ def train_sae(
     from sae_lens.config import SAETrainerConfig
 
     train_shards, _ = split_shards(dataset)
-    rows = sum(dataset.manifest["shards"][i]["rows"] for i in train_shards)
-    if rows < cfg.batch_size:  # before building anything (data_provider checks it too)
-        raise MechdemoError(f"the training shards of {dataset.path} hold {rows:,} tokens, fewer than one batch "
-                            f"(--batch-size {cfg.batch_size}): use --batch-size {max(1, rows)} or less, or extract "
-                            "more tokens")
+    check_batch_fits(dataset, train_shards, cfg.batch_size)  # before building anything
     c = dataset.manifest["config"]
     sae = make_sae(cfg, dataset.d_model, metadata={
         "model_name": c["model"], "hook_name": mlp_hook_name(c["layer"]), "hook_head_index": None,
@@ -225,9 +228,7 @@ def check_sae_out(out: str | Path, overwrite: bool = False) -> Path:
         if not overwrite:
             raise MechdemoError(f"--out {out} already holds an SAE: pass --overwrite to replace it, or choose "
                                 "another --out")
-    parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MechdemoError(f"--out {out}: {parent} is not writable: choose a folder you can write to")
+    check_writable(out)
     return out
 
 
