@@ -465,7 +465,7 @@ def _check_sae_args(args: argparse.Namespace) -> None:
     """Everything about the arguments that can be checked before reading data or training."""
     from pathlib import Path
 
-    from mechdemo.sae import check_sae_out
+    from mechdemo.sae import check_sae_out, sae_bytes
 
     data = Path(args.data)
     if not (data / "manifest.json").is_file():
@@ -478,7 +478,12 @@ def _check_sae_args(args: argparse.Namespace) -> None:
         out = Path(args.out).absolute()
         if out == data.absolute() or data.absolute() in out.parents:
             raise MechdemoError(f"--out {args.out} is inside the dataset --data {args.data}: save the SAE elsewhere")
-        check_sae_out(args.out, args.overwrite)  # a bad --out is found now, not after training
+        try:
+            d_in = int(json.loads((data / "manifest.json").read_text())["d_model"])
+        except (OSError, ValueError, KeyError, TypeError):
+            d_in = 0  # a damaged manifest: ActivationDataset names it next
+        # a bad --out, or one without room for the SAE, is found now, not after training
+        check_sae_out(args.out, args.overwrite, needed_bytes=sae_bytes(d_in, args.expansion) if d_in else 0)
     if args.action == "eval":
         if not args.sae:
             raise MechdemoError("mechdemo sae eval needs --sae DIR: a folder written by `mechdemo sae train`")
@@ -602,15 +607,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mechdemo: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept = {"extract": "every completed shard is kept: rerun the same command to resume",
-                "figures": "every figure finished before is kept in the manifest",
-                "sae": "nothing was saved (an SAE is written only when complete)"}.get(args.command, "")
-        print(f"mechdemo: interrupted{'; ' + kept if kept else ''}", file=sys.stderr)
+        print(f"mechdemo: interrupted; {_what_is_kept(args.command)}", file=sys.stderr)
         return 130
+    except OSError as err:
+        if (problem := _storage_problem(err)) is None:
+            return _report_bug()
+        print(f"mechdemo: error: {problem}: free some space (or choose a writable --out) and rerun the same "
+              f"command; {_what_is_kept(args.command)}", file=sys.stderr)
+        return 2
     except Exception:  # not the user's mistake: a bug, with everything needed to report it
-        import traceback
+        return _report_bug()
 
-        traceback.print_exc()
-        print(f"mechdemo {__version__}: this is a bug in mechdemo, not something you did wrong; please report it "
-              "with the command and the traceback above.", file=sys.stderr)
-        return 1
+
+def _what_is_kept(command: str) -> str:
+    """After an interruption or a full disk: what survives, and what rerunning does."""
+    return {"extract": "every completed shard is kept: rerun the same command to resume",
+            "figures": "every figure finished before is kept in the manifest: rerun to make the rest",
+            "sae": "nothing was saved and any SAE already in --out is untouched: rerun the same command (training "
+                   "is deterministic, so it gives the same SAE)"}.get(command, "nothing was changed")
+
+
+def _storage_problem(err: OSError) -> str | None:
+    """A full or read-only disk is the user's to fix, not a bug: say which file, without a traceback."""
+    import errno
+
+    text = str(err)
+    full = err.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text
+    read_only = err.errno == errno.EROFS or "Read-only file system" in text
+    if not (full or read_only):
+        return None
+    where = f" writing {err.filename}" if err.filename else ""
+    return ("no space left on the device" if full else "the file system is read-only") + where
+
+
+def _report_bug() -> int:
+    import traceback
+
+    traceback.print_exc()
+    print(f"mechdemo {__version__}: this is a bug in mechdemo, not something you did wrong; please report it "
+          "with the command and the traceback above.", file=sys.stderr)
+    return 1

@@ -232,6 +232,27 @@ def check_writable(out: Path) -> None:
         raise MechdemoError(f"--out {out}: {parent} is not writable: choose a folder you can write to")
 
 
+def check_hub_repo(repo: str) -> None:
+    """``--push-to-hub REPO`` can work: a valid repo id, and a Hugging Face login to upload with.
+
+    Checked before any work (the upload comes last, after the whole extraction); the token is
+    only looked up, never printed."""
+    try:
+        from huggingface_hub import get_token
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError as err:  # pragma: no cover - huggingface_hub comes with transformers
+        raise MechdemoError("--push-to-hub needs the huggingface_hub package: pip install huggingface_hub") from err
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as err:
+        raise MechdemoError(f"--push-to-hub {repo!r} is not a Hub repo id: use NAME or USER/NAME (letters, digits, "
+                            f"'-', '_', '.'; {err})") from None
+    if not get_token():
+        raise MechdemoError("--push-to-hub needs a Hugging Face login with write access: run `hf auth login` (or "
+                            "set HF_TOKEN), or drop --push-to-hub and upload the finished folder later with "
+                            "`hf upload`")
+
+
 def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
     """``--out`` can hold this dataset: new, empty, or this very dataset (to resume); writable."""
     config_file = out / "config.json"
@@ -270,6 +291,8 @@ def extract(
     out = Path(out_dir)
     cfg = ExtractConfig(**{**asdict(cfg), "model": get_spec(cfg.model).name})
     _check_out_dir(out, cfg)
+    if push_to_hub and rank == 0:
+        check_hub_repo(push_to_hub)
     check_corpus(cfg.corpus)  # before the model loads or a byte is written
     if model is None and cfg.layer >= (n_layers := get_spec(cfg.model).architecture.n_layers):
         raise MechdemoError(f"--layer {cfg.layer} is out of range: {cfg.model} has layers 0 to {n_layers - 1}")
@@ -285,7 +308,10 @@ def extract(
     d_model = model.cfg.d_model
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    for pattern in (f".shard-r{rank:03d}-*.tmp", f".progress-r{rank:03d}.json.*.tmp"):  # left by a killed run
+    stale_patterns = [f".shard-r{rank:03d}-*.tmp", f".progress-r{rank:03d}.json.*.tmp"]
+    if rank == 0:
+        stale_patterns += [f".{name}.*.tmp" for name in ("config.json", MANIFEST, NORM_STATS)]
+    for pattern in stale_patterns:  # left by a killed run (or one that found the disk full)
         for stale in out.glob(pattern):
             stale.unlink(missing_ok=True)
     progress_file = out / f"progress-r{rank:03d}.json"

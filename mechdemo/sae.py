@@ -212,11 +212,19 @@ def _silent_tqdm(tqdm_cls):
     return make
 
 
-def check_sae_out(out: str | Path, overwrite: bool = False) -> Path:
+def sae_bytes(d_in: int, expansion: int) -> int:
+    """About what a saved SAE takes on disk: float32 encoder and decoder plus biases."""
+    d_sae = d_in * expansion
+    return 4 * (2 * d_in * d_sae + d_sae + d_in) + 64 * 1024
+
+
+def check_sae_out(out: str | Path, overwrite: bool = False, needed_bytes: int = 0) -> Path:
     """Check, before any training, that an SAE can be saved in ``out``: not a file, not a folder
-    holding something else, not an existing SAE unless ``overwrite``, and writable. Raises a
+    holding something else, not an existing SAE unless ``overwrite``, writable, and with
+    ``needed_bytes`` free (an SAE being replaced stays until the new one is complete). Raises a
     :class:`MechdemoError` naming the fix; returns the path."""
     import os
+    import shutil
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -229,6 +237,10 @@ def check_sae_out(out: str | Path, overwrite: bool = False) -> Path:
             raise MechdemoError(f"--out {out} already holds an SAE: pass --overwrite to replace it, or choose "
                                 "another --out")
     check_writable(out)
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if needed_bytes and (free := shutil.disk_usage(existing).free) < needed_bytes:
+        raise MechdemoError(f"--out {out}: the SAE needs about {needed_bytes / 2**20:,.0f} MiB but only "
+                            f"{free / 2**20:,.0f} MiB are free there: free some space or choose another --out")
     return out
 
 
@@ -248,6 +260,8 @@ def save_sae(sae: "TrainingSAE", out: str | Path, cfg: SAETrainConfig, metrics: 
     tmp.mkdir()
     try:
         sae.save_inference_model(str(tmp))
+        cfg_file = tmp / "cfg.json"  # SAELens writes its keys in hash order: sorted, the same SAE is the same bytes
+        cfg_file.write_text(json.dumps(json.loads(cfg_file.read_text()), indent=2, sort_keys=True))
         (tmp / TRAIN_CONFIG).write_text(json.dumps({"train_config": asdict(cfg), "metrics": metrics or {}}, indent=2))
         if out.exists():  # an empty folder, or an SAE being replaced (--overwrite)
             old = out.parent / f".{out.name}.replaced-{os.getpid()}"
