@@ -182,9 +182,45 @@ print("mayor efecto negativo:", [f"L{l}H{h} {-v:+.2f}" for l, h, v in top_heads(
 # El resto del circuito (*S-inhibition heads*, *induction* y *duplicate-token heads*,
 # *previous-token heads*, *backup name movers*) se encuentra repitiendo esto hacia atrás: *heads* →
 # *queries* de los *name movers*, *heads* → *values* de las *S-inhibition heads*, etc.
-# `mechdemo.ioi.find_ioi_circuit(model, batch)` lo hace entero (o `mechdemo ioi --circuit`, unos
+# `mechdemo.ioi_circuit.find_ioi_circuit(model, batch)` lo hace entero (o `mechdemo ioi --circuit`, unos
 # minutos en CPU); las figuras `img/es/path-patching.png` y `img/es/ioi-circuit.png` muestran el
 # resultado en SmolLM2.
+#
+# ## 5. Descubrir el circuito automáticamente: EAP-IG
+#
+# En lugar de buscar a mano, se puntúa **cada *edge*** del grafo del modelo (de la salida de los
+# *embeddings*, de cada *head* o de cada MLP a la entrada Q, K o V de cada *head* posterior, a cada MLP
+# posterior o a los *logits*): *(salida corrompida − limpia del emisor) · gradiente en la entrada del
+# receptor*, con el gradiente promediado entre la entrada corrompida y la limpia (EAP-IG, Hanna et al.
+# 2024). Después se miden circuitos con los mejores *edges*: todos los demás llevan su valor corrompido
+# (*edge patching*), con *prompts* **distintos** de los de la búsqueda. Con 8 *prompts* tarda unos
+# segundos; `mechdemo circuit` hace lo mismo desde la terminal (y con tus *prompts*: `--prompts`).
+
+# %%
+from mechdemo.circuit_discovery import edge_list, faithfulness_curve, heads_in, ioi_pairs
+from mechdemo.edge_attribution import IG_STEPS, edge_scores
+from mechdemo.edge_patching import Graph, baselines, prune, top_edges
+
+graph = Graph.of(model)
+discovery = [ioi_batch(model, template=t, n=4, seed=0) for t in (0, 1)]  # dos longitudes de prompt
+held_out = [ioi_batch(model, template=t, n=4, seed=1) for t in (0, 1)]  # otros nombres, lugares, objetos
+scores = edge_scores(model, graph, ioi_pairs(model, discovery), steps=IG_STEPS)
+print(f"{graph.n_edges:,} edges; los de mayor |score|:")
+for e in edge_list(graph, scores, limit=8):
+    print(f"  {e['edge']:<24} {e['score']:+.3f}")
+
+base = baselines(model, graph, ioi_pairs(model, held_out))
+curve = faithfulness_curve(model, graph, base, scores, [30, 300, 3000, 30000])
+for point in curve:
+    print(f"top {point['top']:>6,} edges → {point['edges']:>6,} tras podar: faithfulness {point['faithfulness']:.2f}")
+circuit = prune(top_edges(scores, graph, 3000), graph)
+print("heads del circuito de 3.000 edges:", ", ".join(f"L{l}H{h}" for l, h in heads_in(graph, circuit)[:20]), "...")
+assert curve[-1]["faithfulness"] > curve[0]["faithfulness"]
+
+# %% [markdown]
+# Los *edges* con más *score* llegan a los *logits* desde las *heads* que el *path patching* llamó
+# *name movers* y *copy suppression* (capas 23–24 en SmolLM2). La figura `img/es/circuit-discovery-curve.png`
+# compara EAP-IG, EAP y *edges* al azar con 32 *prompts*.
 #
 # ## Ejercicios (de la presentación)
 #
@@ -194,6 +230,8 @@ print("mayor efecto negativo:", [f"L{l}H{h} {-v:+.2f}" for l, h, v in top_heads(
 #    de cada *head* y compara sus 5 *heads* principales con las de DLA. Después, sustituye la salida
 #    de las 3 *heads* con mayor DLA por su media sobre los *prompts* corruptos (*mean ablation*,
 #    `mechdemo.ablation`) y mide cuánto cae la *logit difference*.
+# 3. **EAP frente a EAP-IG**: puntúa los *edges* con un solo paso (`steps=1`, EAP) y compara la
+#    *faithfulness* del circuito de sus 3.000 mejores *edges* con la del de EAP-IG.
 #
 # Las soluciones están en las celdas plegadas de abajo.
 
@@ -225,3 +263,12 @@ before = dla2.total.mean().item()
 after = logit_diff_with_ablation(model, other.tokens, other.correct, other.incorrect, means, ablated).mean().item()
 print(f"logit diff {before:.2f} → {after:.2f} con {ablated} mean-ablated ({after / before:.0%} de la original)")
 assert after < before
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+# @title Solución 3
+from mechdemo.edge_patching import faithfulness
+
+eap = edge_scores(model, graph, ioi_pairs(model, discovery), steps=1)
+for name, s in (("EAP", eap), ("EAP-IG", scores)):
+    c = prune(top_edges(s, graph, 3000), graph)
+    print(f"{name:>6}: {int(c.sum()):,} edges, faithfulness {faithfulness(model, graph, base, c):.2f}")

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechdemo.ioi import logit_diff
+from mechdemo.metrics import logit_diff
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -74,7 +74,7 @@ def _float_above(minimum: float, inclusive: bool = False) -> Callable[[str], flo
 def _probability(text: str) -> float:
     value = _float_above(0)(text)
     if value > 1:
-        raise argparse.ArgumentTypeError(f"must be at most 1 (a probability mass), got {text}")
+        raise argparse.ArgumentTypeError(f"must be at most 1, got {text}")
     return value
 
 
@@ -251,33 +251,41 @@ def _run_ioi(args: argparse.Namespace) -> int:
     import torch
 
     from mechdemo.dla import direct_logit_attribution
-    from mechdemo.ioi import find_ioi_circuit, ioi_batch, ioi_batches, load_prompts, logit_diff_of, summary
+    from mechdemo.ioi import check_prompt_file, ioi_batch, ioi_batches, load_prompts, logit_diff_of, summary
+    from mechdemo.ioi_circuit import find_ioi_circuit
     from mechdemo.models import load_model
 
+    if args.prompts:
+        check_prompt_file(args.prompts)  # before the model loads
+        if args.circuit:
+            raise MechdemoError("--circuit needs the built-in templates (the path-patching search reads their IO "
+                                "and S positions); for your own prompts, `mechdemo circuit --prompts FILE` "
+                                "finds the circuit automatically")
     model = load_model(args.model, device=args.device)
     if args.prompts:
-        batches = [load_prompts(model, args.prompts)]
-        source = {"kind": "file", "path": str(args.prompts)}
+        batches = load_prompts(model, args.prompts, seed=args.seed)
+        source = {"kind": "file", "path": str(args.prompts), "token_lengths": [b.tokens.shape[1] for b in batches]}
     else:
         templates = None if args.template is None else [args.template]
         batches = ioi_batches(model, args.n, seed=args.seed, templates=templates)
         source = {"kind": "templates", "n_per_template": args.n, "seed": args.seed,
                   "templates": [b.template for b in batches]}
-    diffs = torch.cat([logit_diff_of(model, b.tokens, b) for b in batches])
+    # batches of user prompts hold the lines of one token length each: results go back in file order
+    order = torch.tensor([r for b in batches for r in b.rows]).argsort() if args.prompts else None
+
+    def in_order(t: "torch.Tensor") -> "torch.Tensor":
+        return t if order is None else t[order]
+
+    diffs = in_order(torch.cat([logit_diff_of(model, b.tokens, b) for b in batches]))
     parts = [direct_logit_attribution(model, b.tokens, b.correct, b.incorrect) for b in batches]
-    dla = type(parts[0])(*[torch.cat([getattr(p, f) for p in parts]) for f in
+    dla = type(parts[0])(*[in_order(torch.cat([getattr(p, f) for p in parts])) for f in
                            ("heads", "attn_bias", "mlp", "embed", "constant", "total")])
     out = {"model": model.cfg.model_name, "prompts": source, "n_prompts": len(diffs), **summary(diffs)}
-    if not args.prompts:
-        corrupted = torch.cat([logit_diff_of(model, b.corrupted_tokens, b) for b in batches])
+    if all(len(b.corrupted_tokens) for b in batches):
+        corrupted = in_order(torch.cat([logit_diff_of(model, b.corrupted_tokens, b) for b in batches]))
         out["corrupted_logit_diff_mean"] = round(corrupted.mean().item(), 4)
     out.update(dla.mean())
     if args.circuit:
-        if args.prompts:
-            from mechdemo.errors import MechdemoError
-
-            raise MechdemoError("--circuit needs the built-in templates (it uses their IO/S positions and "
-                                "corrupted prompts); drop --prompts")
         batch = ioi_batch(model, args.template or 0, args.n, seed=args.seed)
         out["circuit"] = find_ioi_circuit(model, batch, progress=not args.json).to_json()
     if args.json:
@@ -306,6 +314,108 @@ def _configure_ioi(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", type=NON_NEGATIVE, default=None, help="only this template (default: all)")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--circuit", action="store_true", help="find the circuit by path patching (about a minute per 16 prompts on a CPU)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--json", action="store_true")
+
+
+# --- mechdemo circuit ---------------------------------------------------------------------------
+
+
+def _run_circuit(args: argparse.Namespace) -> int:
+    import time
+
+    from mechdemo.circuit_discovery import (
+        DISCOVERY_SEED, EVALUATION_SEED, TEMPLATES, edge_list, heads_in, ioi_pairs, smallest_circuit, steps_of,
+    )
+    from mechdemo.edge_attribution import edge_scores
+    from mechdemo.edge_patching import Graph, baselines, faithfulness, prune, top_edges
+    from mechdemo.ioi import check_prompt_file, ioi_batches, load_prompts, require_corrupted
+    from mechdemo.models import load_model
+
+    if args.edges is None and args.faithfulness is None:
+        args.faithfulness = 0.8
+    if args.prompts:
+        check_prompt_file(args.prompts)  # before the model loads
+    model = load_model(args.model, device=args.device)
+    if args.prompts:
+        everything = load_prompts(model, args.prompts, seed=args.seed)
+        require_corrupted(everything)
+        # alternate prompts, in file order: discovery on one half, evaluation on the other
+        discovery, evaluation = [], []
+        for b in everything:
+            for half, parity in ((discovery, 0), (evaluation, 1)):
+                keep = [i for i, r in enumerate(b.rows) if r % 2 == parity]
+                if keep:
+                    half.append(b.subset(keep))
+        if not discovery or not evaluation:
+            raise MechdemoError(f"--prompts {args.prompts} holds one prompt: circuit discovery needs at least two "
+                                "(odd lines find the circuit, even lines measure it)")
+        prompts = {"kind": "file", "path": str(args.prompts), "discovery": "odd lines", "evaluation": "even lines"}
+    else:
+        discovery = ioi_batches(model, args.n, DISCOVERY_SEED + args.seed, list(TEMPLATES))
+        evaluation = ioi_batches(model, args.n, EVALUATION_SEED + args.seed, list(TEMPLATES))
+        prompts = {"kind": "templates", "templates": list(TEMPLATES), "n_per_template": args.n,
+                   "discovery_seed": DISCOVERY_SEED + args.seed, "evaluation_seed": EVALUATION_SEED + args.seed}
+    graph = Graph.of(model)
+    start = time.perf_counter()
+    steps = steps_of(args.method)
+    scores = edge_scores(model, graph, ioi_pairs(model, discovery, args.metric), steps=steps, progress=not args.json)
+    seconds = {"scores": round(time.perf_counter() - start, 2)}
+    base = baselines(model, graph, ioi_pairs(model, evaluation, args.metric))
+    start = time.perf_counter()
+    if args.edges is not None:
+        circuit = prune(top_edges(scores, graph, args.edges), graph)
+        found = {"top": args.edges, "edges": int(circuit.sum()), "faithfulness": faithfulness(model, graph, base, circuit)}
+    else:
+        result = smallest_circuit(model, graph, base, scores, args.faithfulness)
+        circuit = result.pop("circuit", graph.edges)
+        found = {**result, "target": args.faithfulness}
+    seconds["evaluation"] = round(time.perf_counter() - start, 2)
+    found["fraction"] = found["edges"] / graph.n_edges
+    found["heads"] = [list(h) for h in heads_in(graph, circuit)]
+    out = {"model": model.cfg.model_name, "task": args.task, "method": args.method, "ig_steps": steps,
+           "metric": args.metric, "n_edges": graph.n_edges, "prompts": prompts,
+           "n_prompts": {"discovery": sum(len(b) for b in discovery), "evaluation": sum(len(b) for b in evaluation)},
+           "top_edges": edge_list(graph, scores, limit=args.top), "circuit": found,
+           "circuit_edges": [e["edge"] for e in edge_list(graph, scores, circuit)], "seconds": seconds}
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{out['model']}: {args.method.upper()} ({steps} step{'s' if steps > 1 else ''}) over {graph.n_edges:,} edges, "
+          f"{out['n_prompts']['discovery']} prompts; measured on {out['n_prompts']['evaluation']} others")
+    print("top edges by |score|:")
+    for e in out["top_edges"]:
+        print(f"  {e['edge']:<28} {e['score']:+.4f}")
+    print(f"circuit: {found['edges']:,} edges ({found['fraction']:.1%} of the graph), {len(found['heads'])} heads, "
+          f"faithfulness {found['faithfulness']:.2f} ({args.metric}, 1 = the whole model, 0 = corrupted)")
+    if args.faithfulness is not None and not found.get("reached", True):
+        print(f"  (no circuit smaller than the whole graph reaches {args.faithfulness:g})")
+    return 0
+
+
+@command("circuit", "find a circuit automatically: EAP / EAP-IG edge scores, then the smallest top-scoring circuit "
+                    "measured by edge patching on held-out prompts", _run_circuit)
+def _configure_circuit(p: argparse.ArgumentParser) -> None:
+    from mechdemo.circuit_discovery import N_PER_TEMPLATE
+    from mechdemo.edge_attribution import IG_STEPS, METHODS
+    from mechdemo.metrics import METRICS
+
+    p.add_argument("--task", choices=["ioi"], default="ioi", help="the task (default ioi)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--prompts", default=None, metavar="FILE.jsonl",
+                   help='your prompts, any lengths: {"prompt", "correct", "incorrect"[, "corrupted"]} per line; odd '
+                        "lines find the circuit, even lines measure it")
+    p.add_argument("--method", choices=METHODS, default="eap-ig",
+                   help=f"eap (one gradient) or eap-ig (integrated gradients, {IG_STEPS} steps; default)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--edges", type=POSITIVE, default=None, help="keep the top N edges (pruned) and measure them")
+    size.add_argument("--faithfulness", type=_probability, default=None,
+                      help="find the smallest top-scoring circuit at least this faithful (default 0.8)")
+    p.add_argument("--metric", choices=METRICS, default="logit_diff", help="what faithfulness measures (default logit_diff)")
+    p.add_argument("--n", type=POSITIVE, default=N_PER_TEMPLATE,
+                   help=f"built-in prompts per template, for each of discovery and evaluation (default {N_PER_TEMPLATE})")
+    p.add_argument("--top", type=POSITIVE, default=20, help="top edges listed (default 20)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--json", action="store_true")
 

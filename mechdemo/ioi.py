@@ -22,7 +22,8 @@ to"): the only way to see heads that act *before* S2, such as the previous-token
 induction heads at S1+1, since nothing before S2 differs in the S2 corruption.
 
 Users can also bring their own prompts (:func:`load_prompts`, a JSONL file of
-``{"prompt": ..., "correct": " Mary", "incorrect": " John"}``).
+``{"prompt": ..., "correct": " Mary", "incorrect": " John"}``, optionally ``"corrupted": ...``), of any
+token lengths: they are grouped by length into batches and results are put back in file order.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechdemo.errors import MechdemoError
+from mechdemo.metrics import logit_diff
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -83,6 +85,9 @@ class IOIBatch:
     orders: list[str] = field(default_factory=list)
     seed: int = 0
     corrupt: str = "S2"
+    rows: list[int] = field(default_factory=list)  # user prompts: which lines of the file (0-based, blanks skipped)
+    source: str | None = None  # user prompts: the file
+    uncorrupted_lines: list[int] = field(default_factory=list)  # user prompts without a corrupted twin
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -96,10 +101,12 @@ class IOIBatch:
         t = torch.tensor(idx)
         return IOIBatch(
             [self.prompts[i] for i in idx],
-            [self.corrupted_prompts[i] for i in idx],
-            self.tokens[t], self.corrupted_tokens[t], self.correct[t], self.incorrect[t],
+            [self.corrupted_prompts[i] for i in idx] if self.corrupted_prompts else [],
+            self.tokens[t], self.corrupted_tokens[t] if len(self.corrupted_tokens) else self.corrupted_tokens,
+            self.correct[t], self.incorrect[t],
             {k: v[t] for k, v in self.positions.items()}, self.template,
             [self.orders[i] for i in idx] if self.orders else [], self.seed, self.corrupt,
+            [self.rows[i] for i in idx] if self.rows else [], self.source,
         )
 
 
@@ -180,62 +187,126 @@ def ioi_batches(model: "TransformerBridge", n_per_template: int = 16, seed: int 
 # --- user prompts ----------------------------------------------------------------------------
 
 
-def load_prompts(model: "TransformerBridge", path: str | Path) -> IOIBatch:
-    """Read a JSONL file of ``{"prompt", "correct", "incorrect"}`` lines as one batch (no corruption).
-
-    Every answer must be a single token and every prompt the same number of tokens (one batch,
-    aligned positions); a line that breaks a rule is named in the error.
-    """
+def check_prompt_file(path: str | Path) -> None:
+    """What can be checked in a prompt file before a model is loaded: it exists, is UTF-8 text, and
+    every non-blank line is a JSON object with string "prompt", "correct", "incorrect" (and
+    optionally "corrupted"). :func:`load_prompts` checks the rest (single-token answers, lengths)."""
     path = Path(path)
     if not path.is_file():
-        raise MechdemoError(f"prompt file {path} does not exist")
-    prompts, correct, incorrect, lengths = [], [], [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        raise MechdemoError(f"--prompts {path}: no such file (one JSON object per line: "
+                            '{"prompt": ..., "correct": " Mary", "incorrect": " John"})')
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise MechdemoError(f"{path}:{line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+    seen = False
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        seen = True
         where = f"{path}:{number}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise MechdemoError(f"{where}: not valid JSON ({err.msg})") from None
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("prompt", "correct", "incorrect")):
-            raise MechdemoError(f'{where}: expected {{"prompt": str, "correct": str, "incorrect": str}}')
+            raise MechdemoError(f'{where}: expected {{"prompt": str, "correct": str, "incorrect": str}} '
+                                '(and optionally "corrupted": str)')
+        if "corrupted" in record and not isinstance(record["corrupted"], str):
+            raise MechdemoError(f'{where}: "corrupted" must be a string (the prompt with the key information changed)')
+    if not seen:
+        raise MechdemoError(f"{path} holds no prompts: write one JSON object per line, e.g. "
+                            '{"prompt": "When Mary and John went to the store, John gave a drink to", '
+                            '"correct": " Mary", "incorrect": " John"}')
+
+
+def load_prompts(model: "TransformerBridge", path: str | Path, seed: int = 0) -> list[IOIBatch]:
+    """Read a JSONL file of ``{"prompt", "correct", "incorrect"}`` lines (optionally ``"corrupted"``).
+
+    Prompts may have any token lengths: they are grouped by length, one :class:`IOIBatch` per length
+    (in order of first appearance), and each batch's ``rows`` says which lines (0-based, blank lines
+    skipped) it holds, so results go back into file order. Every answer must be a single token.
+
+    The corrupted twin of a prompt, for patching and circuit discovery, is its ``"corrupted"`` field
+    (same token length as the prompt, for aligned positions) or, without one, the ABC corruption of
+    the built-in prompts: the last occurrence of the incorrect answer (S2) replaced by another
+    single-token name that the prompt does not contain. A batch where some prompt has neither
+    has no corrupted tokens (``corrupted_tokens`` empty; :func:`require_corrupted` names the line).
+    A line that breaks a rule is named in the error.
+    """
+    path = Path(path)
+    check_prompt_file(path)
+    text = path.read_text(encoding="utf-8")
+    names = [" " + n for n in single_token_words(model, list(NAMES))]
+    name_ids = [model.tokenizer.encode(n, add_special_tokens=False)[0] for n in names]
+    records = []  # (line number, prompt, tokens, corrupted tokens or None, correct id, incorrect id)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        record = json.loads(line)  # valid: check_prompt_file
+        ids = {}
         for key in ("correct", "incorrect"):
-            ids = model.tokenizer.encode(record[key], add_special_tokens=False)
-            if len(ids) != 1:
-                pieces = [model.tokenizer.decode([i]) for i in ids]
+            ids[key] = model.tokenizer.encode(record[key], add_special_tokens=False)
+            if len(ids[key]) != 1:
+                pieces = [model.tokenizer.decode([i]) for i in ids[key]]
                 raise MechdemoError(
-                    f"{where}: {key} answer {record[key]!r} is {len(ids)} tokens {pieces} for "
+                    f"{where}: {key} answer {record[key]!r} is {len(ids[key])} tokens {pieces} for "
                     f"{model.cfg.model_name}; use a single-token answer (mind the leading space, e.g. ' Mary')"
                 )
-        n_tokens = model.to_tokens(record["prompt"]).shape[1]
-        if lengths and n_tokens != lengths[0]:
+        tokens = model.to_tokens(record["prompt"])[0].cpu()
+        if "corrupted" in record:
+            corrupted = model.to_tokens(record["corrupted"])[0].cpu()
+            if corrupted.shape != tokens.shape:
+                raise MechdemoError(f"{where}: the corrupted prompt is {len(corrupted)} tokens and the prompt "
+                                    f"{len(tokens)}: patching pairs their positions, so they must have the same "
+                                    "token length (change a name for a name, a word for a word)")
+        else:
+            corrupted = _abc_corruption(tokens, ids["incorrect"][0], name_ids, random.Random(seed * 100_003 + number))
+        records.append((number, record["prompt"], tokens, corrupted, ids["correct"][0], ids["incorrect"][0]))
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(len(r[2]), []).append(i)
+    batches = []
+    for rows in groups.values():
+        rs = [records[i] for i in rows]
+        tokens = torch.stack([r[2] for r in rs])
+        complete = all(r[3] is not None for r in rs)
+        corrupted = torch.stack([r[3] for r in rs]) if complete else torch.empty(0, dtype=torch.long)
+        missing = [r[0] for r in rs if r[3] is None]
+        end = torch.full((len(rs),), tokens.shape[1] - 1)
+        batches.append(IOIBatch([r[1] for r in rs], [], tokens, corrupted, torch.tensor([r[4] for r in rs]),
+                                torch.tensor([r[5] for r in rs]), {"end": end}, rows=rows,
+                                source=str(path), uncorrupted_lines=missing))
+    return batches
+
+
+def _abc_corruption(tokens: Tensor, s_id: int, name_ids: list[int], rng: random.Random) -> Tensor | None:
+    """``tokens`` with the last occurrence of ``s_id`` replaced by a name absent from the prompt (None if S is absent)."""
+    where = (tokens == s_id).nonzero().flatten()
+    if len(where) == 0:
+        return None
+    present = set(tokens.tolist())
+    candidates = [i for i in name_ids if i not in present]
+    if not candidates:
+        return None
+    out = tokens.clone()
+    out[int(where[-1])] = rng.choice(candidates)
+    return out
+
+
+def require_corrupted(batches: list[IOIBatch]) -> None:
+    """An error naming the first prompt line that has no corrupted twin (patching needs one)."""
+    for b in batches:
+        if b.uncorrupted_lines:
             raise MechdemoError(
-                f"{where}: the prompt is {n_tokens} tokens but line 1 of the batch is {lengths[0]}; "
-                "all prompts of a file form one batch and must have the same token length"
-            )
-        prompts.append(record["prompt"])
-        correct.append(model.tokenizer.encode(record["correct"], add_special_tokens=False)[0])
-        incorrect.append(model.tokenizer.encode(record["incorrect"], add_special_tokens=False)[0])
-        lengths.append(n_tokens)
-    if not prompts:
-        raise MechdemoError(f"{path} holds no prompts")
-    tokens = model.to_tokens(prompts).cpu()
-    end = torch.full((len(prompts),), tokens.shape[1] - 1)
-    return IOIBatch(prompts, [], tokens, torch.empty(0, dtype=torch.long), torch.tensor(correct),
-                    torch.tensor(incorrect), {"end": end})
+                f"{b.source}:{b.uncorrupted_lines[0]}: no corrupted prompt: the line has no \"corrupted\" field and "
+                "its incorrect answer does not occur in the prompt (where the ABC corruption would replace it); "
+                'add a "corrupted" prompt of the same token length')
 
 
 # --- metric ----------------------------------------------------------------------------------
-
-
-def logit_diff(
-    logits: Float[Tensor, "n pos d_vocab"], correct: Int[Tensor, " n"], incorrect: Int[Tensor, " n"]
-) -> Float[Tensor, " n"]:
-    """``logit[correct] - logit[incorrect]`` at the last position of each prompt."""
-    last = logits[:, -1]
-    rows = torch.arange(last.shape[0], device=last.device)
-    return last[rows, correct.to(last.device)] - last[rows, incorrect.to(last.device)]
 
 
 def logit_diff_of(model: "TransformerBridge", tokens: Int[Tensor, "n pos"], batch: IOIBatch) -> Float[Tensor, " n"]:
@@ -250,156 +321,3 @@ def summary(diffs: Float[Tensor, " n"]) -> dict:
         "logit_diff_per_prompt": [round(x, 4) for x in diffs.tolist()],
         "accuracy": round((diffs > 0).float().mean().item(), 4),
     }
-
-
-# --- the circuit ------------------------------------------------------------------------------
-
-ROLES = ("name_mover", "negative_name_mover", "backup_name_mover", "copy_suppression", "other_direct",
-         "s_inhibition", "induction", "duplicate_token", "previous_token")
-NAME_ATTENTION = 0.2  # a head "attends to a name" from END with at least this much attention
-
-
-@dataclass
-class IOICircuit:
-    """Heads by IOI role, the evidence for each, and the scans they were read from."""
-
-    roles: dict[str, list[dict]]
-    scans: dict[str, Tensor]  # [n_layers, n_heads] effects (1 - path-patching score) and DLA changes
-    attention: dict[str, Tensor]  # [n_layers, n_heads] mean attention between IOI positions
-    faithfulness: dict
-
-    def heads(self) -> list[tuple[int, int]]:
-        return sorted({(h["layer"], h["head"]) for group in self.roles.values() for h in group})
-
-    def to_json(self) -> dict:
-        return {"roles": self.roles, "heads": [list(h) for h in self.heads()], "faithfulness": self.faithfulness}
-
-
-def attention_between(run, batch: IOIBatch, query: str, key: str) -> Float[Tensor, "n_layers n_heads"]:
-    """Mean attention from position ``query`` to position ``key`` (names from ``batch.positions``), clean run."""
-    rows = torch.arange(len(batch))
-    q, k = batch.positions[query], batch.positions[key]
-    return torch.stack([
-        run.clean[f"blocks.{l}.attn.hook_pattern"][rows, :, q, k].float().mean(0).cpu()
-        for l in range(run.model.cfg.n_layers)
-    ])
-
-
-def _pick(effect: Tensor, k: int, threshold: float, exclude: set, extra: dict[str, Tensor] | None = None) -> list[dict]:
-    from mechdemo.heads import top_heads
-
-    chosen = []
-    for layer, head, value in top_heads(torch.nan_to_num(effect, nan=-1e9), k + len(exclude)):
-        if (layer, head) in exclude or value < threshold:
-            continue
-        entry = {"layer": layer, "head": head, "effect": round(value, 4)}
-        for name, t in (extra or {}).items():
-            entry[name] = round(t[layer, head].item(), 4)
-        chosen.append(entry)
-        if len(chosen) == k:
-            break
-    return chosen
-
-
-def find_ioi_circuit(
-    model: "TransformerBridge",
-    batch: IOIBatch,
-    threshold: float = 0.02,
-    max_per_role: int = 4,
-    progress: bool = False,
-) -> IOICircuit:
-    """Find the IOI circuit of ``model`` on ``batch`` by path patching, as Wang et al. did for GPT-2.
-
-    Steps (effect = drop of the normalised logit difference when the path carries the corrupted
-    value; a head joins a role when its effect is among the largest and at least ``threshold``):
-
-    1. **name movers**: heads → logits (direct path); **negative name movers**: the ones whose
-       direct path pushes the answer the other way;
-    2. **S-inhibition**: heads → the name movers' queries;
-    3. **induction** and **duplicate-token** heads: heads → the S-inhibition heads' values; told apart
-       by where they attend from S2 (S1+1 for induction, S1 for duplicate token);
-    4. **previous-token** heads: heads → the induction heads' keys;
-    5. **backup name movers**: heads whose direct effect (DLA) grows when the name movers are
-       mean-ablated (Wang et al.'s self-repair);
-    6. **faithfulness**: the logit difference with every other head mean-ablated.
-    """
-    from mechdemo.ablation import faithfulness, mean_ablation_hooks, mean_head_outputs
-    from mechdemo.dla import direct_logit_attribution
-    from mechdemo.patching import prepare_ioi
-    from mechdemo.path_patching import path_patch_each_head
-
-    run = prepare_ioi(model, batch)
-    attention = {
-        "end->IO": attention_between(run, batch, "end", "IO"),
-        "end->S2": attention_between(run, batch, "end", "S2"),
-        "S2->S1": attention_between(run, batch, "S2", "S1"),
-        "S2->S1+1": attention_between(run, batch, "S2", "S1+1"),
-        "S1+1->S1": attention_between(run, batch, "S1+1", "S1"),
-    }
-    scans: dict[str, Tensor] = {}
-    roles: dict[str, list[dict]] = {r: [] for r in ROLES}
-
-    scans["direct"] = 1 - path_patch_each_head(run, "logits", progress)
-    names = {"attention_end_to_IO": attention["end->IO"], "attention_end_to_S2": attention["end->S2"]}
-    for sign, effect in ((1, scans["direct"]), (-1, -scans["direct"])):
-        for h in _pick(effect, 2 * max_per_role, threshold, set(), names):
-            h["effect"] = sign * h["effect"]
-            to_io, to_s = h["attention_end_to_IO"], h["attention_end_to_S2"]
-            if to_io >= NAME_ATTENTION and to_io >= to_s:
-                role = "name_mover" if sign > 0 else "negative_name_mover"
-            elif sign > 0 and to_s >= NAME_ATTENTION:
-                role = "copy_suppression"  # attends to the subject and pushes it down
-            else:
-                role = "other_direct"
-            if len(roles[role]) < max_per_role:
-                roles[role].append(h)
-    used = {(h["layer"], h["head"]) for r in roles.values() for h in r}
-
-    if roles["name_mover"]:
-        receivers = [(h["layer"], h["head"], "q") for h in roles["name_mover"]]
-        scans["to_name_mover_queries"] = 1 - path_patch_each_head(run, receivers, progress)
-        movers = {(h["layer"], h["head"]) for r in ("name_mover", "negative_name_mover") for h in roles[r]}
-        roles["s_inhibition"] = _pick(scans["to_name_mover_queries"], max_per_role, threshold, movers,
-                                      {"attention_end_to_S2": attention["end->S2"]})
-        # a head whose effect through the name movers exceeds its direct effect is S-inhibition only
-        s_inh = {(h["layer"], h["head"]): h["effect"] for h in roles["s_inhibition"]}
-        for role in ("copy_suppression", "other_direct"):
-            roles[role] = [h for h in roles[role] if s_inh.get((h["layer"], h["head"]), 0) <= abs(h["effect"])]
-        roles["s_inhibition"] = [h for h in roles["s_inhibition"]
-                                 if not any((h["layer"], h["head"]) == (g["layer"], g["head"])
-                                            for r in ("copy_suppression", "other_direct") for g in roles[r])]
-        used = {(h["layer"], h["head"]) for r in roles.values() for h in r}
-    if roles["s_inhibition"]:
-        receivers = [(h["layer"], h["head"], "v") for h in roles["s_inhibition"]]
-        scans["to_s_inhibition_values"] = 1 - path_patch_each_head(run, receivers, progress)
-        found = _pick(scans["to_s_inhibition_values"], 2 * max_per_role, threshold, used,
-                      {"attention_S2_to_S1+1": attention["S2->S1+1"], "attention_S2_to_S1": attention["S2->S1"]})
-        for h in found:
-            role = "induction" if h["attention_S2_to_S1+1"] >= h["attention_S2_to_S1"] else "duplicate_token"
-            if len(roles[role]) < max_per_role:
-                roles[role].append(h)
-        used |= {(h["layer"], h["head"]) for h in roles["induction"] + roles["duplicate_token"]}
-    if roles["induction"]:
-        # previous-token heads act at S1+1, before S2: only a corruption of S1 can show them
-        s1 = ioi_batch(model, batch.template, len(batch), batch.seed, tuple(dict.fromkeys(batch.orders)), corrupt="S1")
-        if s1.prompts != batch.prompts:
-            raise RuntimeError("the S1-corrupted batch does not share the clean prompts")
-        run_s1 = prepare_ioi(model, s1)
-        receivers = [(h["layer"], h["head"], "k") for h in roles["induction"]]
-        scans["to_induction_keys"] = 1 - path_patch_each_head(run_s1, receivers, progress)
-        roles["previous_token"] = _pick(scans["to_induction_keys"], 2, threshold, used,
-                                        {"attention_S1+1_to_S1": attention["S1+1->S1"]})
-
-    # backup name movers: direct effects that grow once the name movers are gone
-    means = mean_head_outputs(model, batch.corrupted_tokens)
-    nms = [(h["layer"], h["head"]) for h in roles["name_mover"]]
-    before = direct_logit_attribution(model, batch.tokens, batch.correct, batch.incorrect).heads.mean(0)
-    after = direct_logit_attribution(model, batch.tokens, batch.correct, batch.incorrect,
-                                     fwd_hooks=mean_ablation_hooks(means, nms)).heads.mean(0)
-    scans["dla_change_without_name_movers"] = after - before
-    relative = scans["dla_change_without_name_movers"] / max(run.clean_ld, 1e-6)
-    roles["backup_name_mover"] = _pick(relative, max_per_role, 2 * threshold, set(nms) | used,
-                                       {"dla_before": before, "dla_after": after})
-    circuit = {(h["layer"], h["head"]) for group in roles.values() for h in group}
-    faith = faithfulness(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, circuit)
-    return IOICircuit(roles, scans, attention, faith)

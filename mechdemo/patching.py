@@ -3,7 +3,8 @@
 **Activation patching** (Meng et al. 2022; Wang et al. 2022) asks which activations carry the
 information that distinguishes two inputs. Run the model on the *corrupted* prompt, replace one
 activation by its value on the *clean* prompt, and measure how much of the clean behaviour comes
-back. With the logit difference LD as metric, results are normalised:
+back. The metric is a parameter (:mod:`mechdemo.metrics`: the logit difference LD by default, the
+answer's probability, the KL divergence from the clean distribution); results are normalised:
 
     patched score = (LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)
 
@@ -21,7 +22,7 @@ hook. Two more savings follow from where a patch acts:
   is a no-op, and the patched runs reuse their keys and values like a KV cache instead of
   recomputing them (``prefix_len`` in :func:`mechdemo.forward.block_context`);
 * the metric needs two logits at one position, so the unembedding (a d_model x d_vocab product
-  per position) is replaced by two columns of ``W_U`` (:func:`mechdemo.forward.logit_diff_from_resid`).
+  per position) is replaced by two columns of ``W_U`` (:meth:`mechdemo.metrics.LogitDifference.from_resid`).
 
 The tests check every result against ``transformer_lens.patching`` on the same inputs;
 ``benchmarks/bench_patching.py`` measures the speed-up.
@@ -47,7 +48,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechdemo.forward import BlockContext, block_context, logit_diff_from_resid, run_blocks
+from mechdemo.forward import BlockContext, block_context, logits_from_resid, run_blocks
+from mechdemo.metrics import Metric, make_metric, normalize
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -70,8 +72,18 @@ class PatchingRun:
     clean: dict[str, Tensor]  # hook name -> activation on the clean prompts
     corrupted: dict[str, Tensor]
     context: BlockContext
-    clean_ld: float  # mean logit difference
-    corrupted_ld: float
+    clean_value: float  # the metric's mean on the clean prompts
+    corrupted_value: float
+    measure: Metric  # what is measured (mechdemo.metrics): the logit difference unless asked otherwise
+
+    @property
+    def clean_ld(self) -> float:
+        """The clean mean of the metric (named for the default metric, the logit difference)."""
+        return self.clean_value
+
+    @property
+    def corrupted_ld(self) -> float:
+        return self.corrupted_value
 
     @property
     def prefix(self) -> int:
@@ -86,15 +98,20 @@ class PatchingRun:
     def n_pos(self) -> int:
         return self.clean_tokens.shape[1]
 
-    def normalize(self, ld: Tensor | float) -> Tensor | float:
-        """Map a mean logit difference to the 0 (corrupted) .. 1 (clean) scale."""
-        return (ld - self.corrupted_ld) / (self.clean_ld - self.corrupted_ld)
+    def normalize(self, value: Tensor | float) -> Tensor | float:
+        """Map a mean of the metric to the 0 (corrupted) .. 1 (clean) scale."""
+        return normalize(value, self.clean_value, self.corrupted_value)
 
     def metric(self, logits: Float[Tensor, "n pos d_vocab"]) -> Tensor:
         """The normalised metric from full logits (for TransformerLens's patching functions)."""
-        from mechdemo.ioi import logit_diff
+        return self.normalize(self.measure.on_logits(logits).mean())
 
-        return self.normalize(logit_diff(logits, self.correct, self.incorrect).mean())
+    def copies_metric(self, resid_end: Float[Tensor, "rows d_model"]) -> Float[Tensor, " copies"]:
+        """Normalised metric of each copy of the batch, from the final residual stream at the answer
+        (row ``c * n + i`` is copy ``c`` of prompt ``i``)."""
+        rows = torch.arange(resid_end.shape[0], device=resid_end.device) % self.n
+        values = self.measure.from_resid(self.model, resid_end, rows).float()
+        return self.normalize(values.view(-1, self.n).mean(1)).cpu()
 
 
 def _cached_names(model: "TransformerBridge") -> list[str]:
@@ -112,34 +129,40 @@ def prepare(
     correct: Int[Tensor, " n"],
     incorrect: Int[Tensor, " n"],
     reuse_prefix: bool = True,
+    metric: Metric | str = "logit_diff",
 ) -> PatchingRun:
     """Run and cache the clean and the corrupted prompts (same length, aligned positions).
 
-    ``reuse_prefix=False`` recomputes every position in every patched run (slower, same results).
+    ``metric``: a :class:`mechdemo.metrics.Metric` or the name of one (``logit_diff``,
+    ``probability``, ``kl``). ``reuse_prefix=False`` recomputes every position in every patched run
+    (slower, same results).
     """
     if clean_tokens.shape != corrupted_tokens.shape:
         raise ValueError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} differ")
     names = _cached_names(model)
     device = model.cfg.device
-    caches, lds = [], []
+    caches = []
     for tokens in (clean_tokens, corrupted_tokens):
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens.to(device), names_filter=names)
-        store = {k: v.detach() for k, v in cache.items()}
-        resid_end = store["ln_final.hook_in"][:, -1]
-        lds.append(logit_diff_from_resid(model, resid_end, correct, incorrect).float().mean().item())
-        caches.append(store)
+        caches.append({k: v.detach() for k, v in cache.items()})
+    if isinstance(metric, str):
+        with torch.no_grad():
+            clean_end = logits_from_resid(model, caches[0]["ln_final.hook_in"][:, -1]) if metric == "kl" else None
+        metric = make_metric(metric, correct, incorrect, clean_end)
+    with torch.no_grad():
+        lds = [metric.from_resid(model, c["ln_final.hook_in"][:, -1]).float().mean().item() for c in caches]
     if abs(lds[0] - lds[1]) < 1e-6:
-        raise ValueError("clean and corrupted prompts give the same logit difference: nothing to patch")
+        raise ValueError(f"clean and corrupted prompts give the same {metric.name}: nothing to patch")
     differs = (clean_tokens != corrupted_tokens).any(0).nonzero()
     prefix = int(differs[0]) if reuse_prefix and len(differs) else 0
     return PatchingRun(model, clean_tokens, corrupted_tokens, correct, incorrect, caches[0], caches[1],
-                       block_context(model, clean_tokens, prefix), lds[0], lds[1])
+                       block_context(model, clean_tokens, prefix), lds[0], lds[1], metric)
 
 
-def prepare_ioi(model: "TransformerBridge", batch) -> PatchingRun:
+def prepare_ioi(model: "TransformerBridge", batch, metric: Metric | str = "logit_diff") -> PatchingRun:
     """:func:`prepare` for an :class:`mechdemo.ioi.IOIBatch`."""
-    return prepare(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect)
+    return prepare(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, metric=metric)
 
 
 # --- the batched engine ------------------------------------------------------------------------
@@ -166,7 +189,6 @@ def _run_copies(
     per_copy = run.n * run.context.n_run
     chunk = max(1, MAX_TOKENS_PER_FORWARD // per_copy)
     scores = []
-    correct, incorrect = run.correct.repeat(min(chunk, n_copies)), run.incorrect.repeat(min(chunk, n_copies))
     for first in range(0, n_copies, chunk):
         copies = min(chunk, n_copies - first)
         resid = resid0.repeat(copies, 1, 1)
@@ -185,8 +207,7 @@ def _run_copies(
             hooks.append((hook_name, hook))
         with torch.no_grad():
             final = run_blocks(model, resid, layer, run.context, fwd_hooks=hooks)
-            ld = logit_diff_from_resid(model, final[:, -1], correct[: copies * run.n], incorrect[: copies * run.n])
-        scores.append(run.normalize(ld.float().view(copies, run.n).mean(1)).cpu())
+            scores.append(run.copies_metric(final[:, -1]))
     return torch.cat(scores)
 
 

@@ -14,7 +14,8 @@ and nothing else, change the answer?" Wang et al. answer it in three runs:
    values, everything else free, and measure the logit difference. For the direct path to the
    logits, step 2's final residual stream is the receiver and step 3 is the readout.
 
-Scores use the same scale as activation patching: 1 = the clean logit difference (the path does
+Scores use the same scale as activation patching, for whatever metric the run measures
+(:mod:`mechdemo.metrics`; the logit difference by default): 1 = the clean value (the path does
 not matter), 0 = the corrupted one; a path that carries the answer scores well below 1.
 An empty set of senders changes nothing and scores exactly 1 (the tests check it).
 
@@ -44,7 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechdemo.circuits import kv_head
-from mechdemo.forward import logit_diff_from_resid, run_blocks
+from mechdemo.forward import run_blocks
 from mechdemo.patching import MAX_TOKENS_PER_FORWARD, PatchingRun, suffix_activation
 
 Head = tuple[int, int]
@@ -136,14 +137,12 @@ def path_patch(
 def _path_patch_chunk(run: PatchingRun, senders: list, receivers: Receivers, n_layers: int) -> Tensor:
     model = run.model
     copies = len(senders)
-    correct, incorrect = run.correct.repeat(copies), run.incorrect.repeat(copies)
     if not any(senders):  # nothing patched anywhere: the clean run
         return torch.ones(copies)
     with torch.no_grad():
         if receivers == "logits":
             final, _ = _frozen_run(run, senders, n_layers, slice(-1, None))
-            ld = logit_diff_from_resid(model, final[:, -1], correct, incorrect)
-            return run.normalize(ld.float().view(copies, run.n).mean(1)).cpu()
+            return run.copies_metric(final[:, -1])
         # step 2: the receivers' inputs as the frozen run computes them
         receiver_layers = sorted({layer for layer, _, _ in receivers})
         _, resid_at = _frozen_run(run, senders, receiver_layers[-1], slice(None), record_at=receiver_layers)
@@ -172,8 +171,7 @@ def _path_patch_chunk(run: PatchingRun, senders: list, receivers: Receivers, n_l
             hooks3.append((name, replace))
         resid = suffix_activation(run, f"blocks.{start3}.hook_resid_pre").repeat(copies, 1, 1)
         final = run_blocks(model, resid, start3, run.context, fwd_hooks=hooks3)
-        ld = logit_diff_from_resid(model, final[:, -1], correct, incorrect)
-    return run.normalize(ld.float().view(copies, run.n).mean(1)).cpu()
+        return run.copies_metric(final[:, -1])
 
 
 def path_patch_each_head(

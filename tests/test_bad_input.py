@@ -66,6 +66,9 @@ def make(root: Path, spec: str) -> Path:
         (p / "notes.md").write_text("keep me")
     elif kind == "binary":
         p.write_bytes(bytes(range(256)) * 40)
+    elif kind == "prompts":
+        p.write_text('{"prompt": "When Mary and John went to the store, John gave a drink to", "correct": " Mary", '
+                     '"incorrect": " John"}\n')
     elif kind == "latin1":
         p.write_bytes(("Caf\xe9 et cr\xe8me, " * 10 + "\n").encode("latin-1"))
     return p
@@ -142,6 +145,17 @@ CASES = [
     ("sae-batch-larger-than-dataset", "sae train --data {data} --out {tmp}/s --batch-size 4096 --tokens 8192",
      [], "{tmp}/s", ["fewer than one batch", "--batch-size"]),
     ("unknown-model", "anatomy --model gpt-5", [], None, ["Unknown model", "Choose one of"]),
+    # prompt files and circuit discovery, checked before the model loads
+    ("ioi-prompts-missing", "ioi --prompts {tmp}/none.jsonl", [], None, ["--prompts", "no such file"]),
+    ("ioi-prompts-not-json", "ioi --prompts {tmp}/notes.md", ["file:notes.md"], None, ["notes.md:1", "not valid JSON"]),
+    ("ioi-prompts-binary", "ioi --prompts {tmp}/blob.txt", ["binary:blob.txt"], None, ["blob.txt", "not UTF-8"]),
+    ("ioi-prompts-with-circuit", "ioi --prompts {tmp}/p.jsonl --circuit", ["prompts:p.jsonl"], None,
+     ["--circuit", "mechdemo circuit --prompts"]),
+    ("circuit-faithfulness-above-1", "circuit --faithfulness 1.5", [], None, ["--faithfulness", "at most 1"]),
+    ("circuit-edges-0", "circuit --edges 0", [], None, ["--edges", "at least 1"]),
+    ("circuit-edges-and-faithfulness", "circuit --edges 10 --faithfulness 0.8", [], None, ["not allowed with"]),
+    ("circuit-unknown-method", "circuit --method acdc", [], None, ["--method", "eap-ig"]),
+    ("circuit-prompts-missing", "circuit --prompts {tmp}/none.jsonl", [], None, ["--prompts", "no such file"]),
     # the upload comes last, after the whole extraction: whether it can work is checked first
     ("extract-push-to-hub-bad-repo-id", "extract --layer 1 --out {tmp}/o --push-to-hub a/b/c", [], "{tmp}/o",
      ["--push-to-hub", "not a Hub repo id", "USER/NAME"]),

@@ -234,7 +234,8 @@ def test_layer_out_of_range_fails_before_writing(model, corpus, tmp_path):
 
 
 def test_failed_upload_keeps_the_local_dataset(model, corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the upload fails: no network
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: "hf_not_a_real_token")  # a login, as far as the check sees
     out = tmp_path / "push"
     manifest = extract(_config(corpus, shard_size=2000), out, model=model, progress=False,
                        push_to_hub="nobody/mechdemo-test")

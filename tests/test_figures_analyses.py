@@ -1,11 +1,11 @@
 """Half of `make test`'s small-scale run of every figure function (the other half, and why two:
-tests/test_figures.py): the attention, circuit and IOI analyses."""
+tests/test_figures.py): the attention, circuit, IOI and circuit-discovery analyses."""
 
 from __future__ import annotations
 
 import pytest
 
-ANALYSES = ("attention", "induction", "circuits", "ioi")
+ANALYSES = ("attention", "induction", "circuits", "ioi", "circuit_discovery")  # the last two share the IOI circuit
 
 
 def test_analysis_figures_run_end_to_end_at_small_scale(small_figure_run):
@@ -14,3 +14,8 @@ def test_analysis_figures_run_end_to_end_at_small_scale(small_figure_run):
     assert r["dla"]["max_sum_error"] < 1e-3  # DLA's parts add up to the logit difference
     faith = r["path-patching"]["circuit"]["faithfulness"]
     assert faith["faithfulness"] == pytest.approx(faith["logit_diff_circuit"] / faith["logit_diff_full"], abs=2e-3)
+    curves = r["circuit-discovery-curve"]["curves"]
+    assert {p["faithfulness"] for c in curves.values() for p in c[-1:]} == {1.0}  # the whole graph is the model
+    target = r["circuit-discovery-curve"]["at_target"]
+    assert target["reached"] and target["faithfulness"] >= target["target"]
+    assert r["circuit-discovery-graph"]["n_shown"] <= r["circuit-discovery-graph"]["circuit_edges"]

@@ -12,8 +12,8 @@ from mechdemo.cli import main
 from mechdemo.dla import direct_logit_attribution
 from mechdemo.errors import MechdemoError
 from mechdemo.models import offline_vocab_size, random_model
+from mechdemo.ioi_circuit import ROLES
 from mechdemo.ioi import (
-    ROLES,
     TEMPLATES,
     ioi_batch,
     ioi_batches,
@@ -92,8 +92,8 @@ GOOD = {"prompt": "When Mary and John went to the store, John gave a drink to", 
 def test_user_prompts(model, tmp_path, capsys):
     path = _write(tmp_path, [GOOD, {"prompt": "When Tom and Anna went to the park, Anna gave a ball to",
                                     "correct": " Tom", "incorrect": " Anna"}])
-    b = load_prompts(model, path)
-    assert len(b) == 2 and b.tokens.shape[0] == 2
+    batches = load_prompts(model, path)  # one token length: one batch
+    assert len(batches) == 1 and batches[0].tokens.shape[0] == 2 and batches[0].rows == [0, 1]
     assert main(["ioi", "--prompts", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_prompts"] == 2 and len(out["logit_diff_per_prompt"]) == 2
@@ -104,7 +104,6 @@ def test_user_prompts(model, tmp_path, capsys):
 
 @pytest.mark.parametrize("lines, message", [
     ([GOOD, {**GOOD, "correct": " Maryxyzzy"}], r"prompts.jsonl:2: correct answer ' Maryxyzzy' is 3 tokens"),
-    ([GOOD, {**GOOD, "prompt": GOOD["prompt"] + " the"}], r"prompts.jsonl:2: the prompt is 16 tokens but line 1"),
     ([GOOD, "{not json"], r"prompts.jsonl:2: not valid JSON"),
     ([{"prompt": "x"}], r"prompts.jsonl:1: expected"),
 ])

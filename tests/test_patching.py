@@ -50,6 +50,25 @@ def test_activation_patching_of_heads_and_resid_equals_transformer_lens(name, mo
                                        atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("metric", ["probability", "kl"])
+def test_any_metric_patches_as_transformer_lens_does(metric, model):
+    """The metric is a parameter: the answer's probability and the KL from the clean distribution
+    give TransformerLens's results too (its loop calls ``run.metric`` on full logits; ours reads the
+    final residual stream), normalised the same way; path patching with nothing patched scores 1."""
+    bridge = random_model("gpt2", n_layers=1, vocab_size=offline_vocab_size(), d_model=NARROW)
+    batch = ioi_batch(model, 0, 2)
+    run = prepare(bridge, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, metric=metric)
+    assert run.measure.name == metric
+    with torch.no_grad():
+        _, clean_cache = bridge.run_with_cache(batch.tokens)
+        theirs = tlp.get_act_patch_attn_head_out_all_pos(bridge, batch.corrupted_tokens, clean_cache, run.metric)
+        torch.testing.assert_close(patch_heads(run, "z"), theirs.float(), atol=ATOL, rtol=0)
+        # (full logits vs the final residual stream: the same numbers to float rounding)
+        assert run.metric(bridge(batch.tokens)).item() == pytest.approx(1.0, abs=1e-3)
+        assert run.metric(bridge(batch.corrupted_tokens)).item() == pytest.approx(0.0, abs=1e-3)
+    assert path_patch(run, [[]], "logits").tolist() == [1.0]
+
+
 @pytest.mark.full  # TransformerLens runs one full forward pass per patch: minutes
 @pytest.mark.parametrize("name", ["gpt2", "meta-llama/Llama-3.2-1B"])
 def test_activation_patching_equals_transformer_lens(name, model, random_bridge):

@@ -317,6 +317,13 @@ ES: dict[str, str] = {
     "  {mb} MB ({ratio}× too much)": "  {mb} MB ({ratio}× de más)",
     "KV cache for {n} tokens (MB)": "KV cache para {n} tokens (MB)",
     "the same with query heads": "lo mismo con las heads de query",
+    # ---- circuit discovery
+    "random edges": "edges al azar",
+    "{edges} edges ({share} of the graph)": "{edges} edges ({share} del grafo)",
+    "path-patching circuit ({n} heads)": "circuito de path patching ({n} heads)",
+    "edges in the circuit (log scale; the whole graph: {n})": "edges en el circuito (escala log; el grafo entero: {n})",
+    "faithfulness": "faithfulness",
+    "other heads": "otras heads",
 }
 
 TABLE: dict[str, dict[str, str]] = {"es": ES}

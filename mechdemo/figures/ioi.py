@@ -26,7 +26,8 @@ from mechdemo.figures import style
 from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
 from mechdemo.heads import top_heads
-from mechdemo.ioi import TEMPLATES, find_ioi_circuit, ioi_batch, ioi_batches
+from mechdemo.ioi import TEMPLATES, ioi_batch, ioi_batches
+from mechdemo.ioi_circuit import find_ioi_circuit
 from mechdemo.patching import attribution_patching, patch_heads, patch_resid_pre, prepare_ioi
 
 N_PER_TEMPLATE = 10  # prompts per template (2 at the tests' small scale)
@@ -50,7 +51,8 @@ def _run(ctx: FigureContext):
     return ctx.computed("ioi_run", lambda: prepare_ioi(ctx.model, _main_batch(ctx)))
 
 
-def _circuit(ctx: FigureContext):
+def role_circuit(ctx: FigureContext):
+    """The IOI circuit path patching finds (computed once per run; the circuit-discovery figures compare with it)."""
     def compute():
         batch = ioi_batch(ctx.model, 0, ctx.pick(CIRCUIT_PROMPTS, 2), seed=ctx.seed)
         return find_ioi_circuit(ctx.model, batch, progress=True)
@@ -382,7 +384,7 @@ def _annotate_roles(ax, roles: dict, where: dict[str, tuple[float, float]]) -> N
 @figure("path-patching", description="Path patching on IOI: each head's effect through the direct path to the logits, "
                                      "and through the name movers' queries")
 def path_patching_figure(ctx: FigureContext) -> FigureOutput:
-    circuit = _circuit(ctx)
+    circuit = role_circuit(ctx)
     roles = circuit.roles
     direct = circuit.scans["direct"]
     queries = circuit.scans.get("to_name_mover_queries")
@@ -441,7 +443,7 @@ def _circuit_layout(roles: dict, widths: dict[str, float]) -> dict[str, float]:
 @figure("ioi-circuit", description="The IOI circuit path patching finds: heads grouped by role, edges labelled by "
                                    "the composition (Q, K, V) through which a role reads the one before")
 def ioi_circuit_figure(ctx: FigureContext) -> FigureOutput:
-    circuit = _circuit(ctx)
+    circuit = role_circuit(ctx)
     roles = {r: hs for r, hs in circuit.roles.items() if hs}
     edges = [(a, b, kind) for a, b, kind in EDGES if a in roles and b in roles]
 
