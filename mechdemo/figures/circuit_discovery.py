@@ -33,7 +33,9 @@ def _discovery(ctx: FigureContext) -> dict:
 
 
 def _json(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "tensors"}
+    """The numbers the deck may cite: not the tensors, and not the timings (a figure's results must
+    be reproducible; the manifest records the figure's seconds, benchmarks/bench_circuit.py the rest)."""
+    return {k: v for k, v in result.items() if k not in ("tensors", "seconds")}
 
 
 @figure("circuit-discovery-curve", description="Faithfulness of circuits built from the top EAP-IG, EAP and random "
