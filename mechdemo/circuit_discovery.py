@@ -27,7 +27,6 @@ only roughly (adding an edge can also remove a compensating one), so the answer 
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -252,8 +251,3 @@ def _public(result: dict) -> dict:
 
 def _mean(values: Sequence[float], weights: Sequence[int]) -> float:
     return sum(v * w for v, w in zip(values, weights)) / sum(weights)
-
-
-def log_ticks(n_edges: int) -> list[int]:
-    """Powers of ten up to ``n_edges`` (for the curve figure's axis)."""
-    return [10 ** k for k in range(1, int(math.log10(max(n_edges, 10))) + 1)]

@@ -144,30 +144,33 @@ class Graph:
         layer, j = divmod(i - 1, self.n_heads + 1)
         return f"m{layer}" if j == self.n_heads else f"a{layer}.h{j}"
 
-    def receiver_name(self, j: int) -> str:
+    def receiver_kind(self, j: int) -> tuple[str, int, int]:
+        """``(kind, layer, index)`` of receiver ``j``: kind ``q`` (index: query head), ``k`` or ``v``
+        (index: key/value head), ``mlp`` or ``logits``."""
         if j == self.logits:
-            return "logits"
+            return "logits", self.n_layers, 0
         layer, r = divmod(j, self.per_layer)
         if r < self.n_heads:
-            return f"a{layer}.h{r}<q>"
-        kv = "h" if self.n_kv_heads == self.n_heads else "kv"
+            return "q", layer, r
         if r < self.n_heads + self.n_kv_heads:
-            return f"a{layer}.{kv}{r - self.n_heads}<k>"
+            return "k", layer, r - self.n_heads
         if r < self.n_heads + 2 * self.n_kv_heads:
-            return f"a{layer}.{kv}{r - self.n_heads - self.n_kv_heads}<v>"
-        return f"m{layer}"
+            return "v", layer, r - self.n_heads - self.n_kv_heads
+        return "mlp", layer, 0
+
+    def receiver_name(self, j: int) -> str:
+        kind, layer, i = self.receiver_kind(j)
+        if kind in ("logits", "mlp"):
+            return "logits" if kind == "logits" else f"m{layer}"
+        head = "h" if kind == "q" or self.n_kv_heads == self.n_heads else "kv"
+        return f"a{layer}.{head}{i}<{kind}>"
 
     def receiver_node(self, j: int) -> str:
         """The node a receiver belongs to (``a3.h5<q>`` → ``a3.h5``; a shared K/V head → its first query head)."""
-        if j == self.logits:
-            return "logits"
-        layer, r = divmod(j, self.per_layer)
-        if r < self.n_heads:
-            return f"a{layer}.h{r}"
-        if r == self.per_layer - 1:
-            return f"m{layer}"
-        group = (r - self.n_heads) % self.n_kv_heads
-        return f"a{layer}.h{group * (self.n_heads // self.n_kv_heads)}"
+        kind, layer, i = self.receiver_kind(j)
+        if kind in ("logits", "mlp"):
+            return "logits" if kind == "logits" else f"m{layer}"
+        return f"a{layer}.h{i if kind == 'q' else i * (self.n_heads // self.n_kv_heads)}"
 
     def edge_name(self, sender: int, receiver: int) -> str:
         return f"{self.sender_name(sender)}->{self.receiver_name(receiver)}"

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechdemo.forward import final_norm, logits_from_resid
+from mechdemo.forward import logit_diff_from_resid, logits_from_resid
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -90,16 +90,9 @@ class LogitDifference(Metric):
         return logits_end[i, c] - logits_end[i, w]
 
     def from_resid(self, model, resid_end, rows=None):
-        """Two columns of the unembedding instead of all of them."""
-        normed = final_norm(model, resid_end)
-        W_U = model.W_U
-        r = _rows(rows, resid_end.shape[0], W_U.device)
-        c, w = self.correct.to(W_U.device)[r], self.incorrect.to(W_U.device)[r]
-        diff = (normed * (W_U[:, c] - W_U[:, w]).T.to(normed.dtype)).sum(-1)
-        b_U = getattr(model, "b_U", None)
-        if b_U is not None:
-            diff = diff + (b_U[c] - b_U[w]).to(diff.dtype)
-        return diff
+        """Two columns of the unembedding instead of all of them (:func:`mechdemo.forward.logit_diff_from_resid`)."""
+        r = _rows(rows, resid_end.shape[0], self.correct.device)
+        return logit_diff_from_resid(model, resid_end, self.correct[r], self.incorrect[r])
 
 
 class AnswerProbability(Metric):

@@ -79,19 +79,6 @@ def curve_figure(ctx: FigureContext) -> FigureOutput:
     return FigureOutput(draw, results=_json(result))
 
 
-def _kind(graph: Graph, receiver: int) -> str:
-    if receiver == graph.logits:
-        return "logits"
-    r = receiver % graph.per_layer
-    if r < graph.n_heads:
-        return "q"
-    if r < graph.n_heads + graph.n_kv_heads:
-        return "k"
-    if r < graph.n_heads + 2 * graph.n_kv_heads:
-        return "v"
-    return "mlp"
-
-
 @figure("circuit-discovery-graph", description="The strongest edges of the EAP-IG circuit, layer by layer: which "
                                                "input (Q, K, V) each enters, and the role path patching gave each head")
 def graph_figure(ctx: FigureContext) -> FigureOutput:
@@ -107,16 +94,11 @@ def graph_figure(ctx: FigureContext) -> FigureOutput:
     flat = {graph.edge_name(s, r): (s, r) for s, r in circuit.nonzero().tolist()}
 
     def draw():
-        import matplotlib.pyplot as plt
         from matplotlib.lines import Line2D
         from matplotlib.patches import FancyArrowPatch
 
-        fig = plt.figure(figsize=style.SLIDE, layout="none")
-        ax = fig.add_axes((0, 0, 1, 1))
+        fig, ax = style.slide_canvas()
         W, H = style.FIGURE_BOX_PX
-        ax.set_xlim(0, W)
-        ax.set_ylim(0, H)
-        ax.axis("off")
         nodes = set()
         for e in shown:
             s, r = flat[e["edge"]]
@@ -146,7 +128,7 @@ def graph_figure(ctx: FigureContext) -> FigureOutput:
             s, r = flat[e["edge"]]
             a, b = pos[graph.sender_name(s)], pos[graph.receiver_node(r)]
             ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=20, shrinkA=16, shrinkB=16,
-                                         lw=1.5 + 5 * abs(e["score"]) / top_score, color=KIND_COLOR[_kind(graph, r)],
+                                         lw=1.5 + 5 * abs(e["score"]) / top_score, color=KIND_COLOR[graph.receiver_kind(r)[0]],
                                          alpha=0.85, connectionstyle="arc3,rad=0.08", zorder=1))
         for n, (x, y) in pos.items():
             role = role_of.get(n)
@@ -155,7 +137,7 @@ def graph_figure(ctx: FigureContext) -> FigureOutput:
             short = f"L{short}" if n.startswith("a") else {"input": tr("embeddings"), "logits": "logits"}.get(n, f"MLP {n[1:]}")
             ax.text(x, y, short, ha="center", va="center", fontsize=20, weight="bold", zorder=3,
                     bbox={"boxstyle": "round,pad=0.3", "fc": color, "ec": "black", "lw": 1.2, "alpha": 0.95})
-        kinds = {_kind(graph, flat[e["edge"]][1]) for e in shown}
+        kinds = {graph.receiver_kind(flat[e["edge"]][1])[0] for e in shown}
         handles = [Line2D([], [], color=KIND_COLOR[k], lw=5, label=label) for k, label in
                    (("q", "→ Q"), ("k", "→ K"), ("v", "→ V"), ("mlp", "→ MLP"), ("logits", "→ logits")) if k in kinds]
         roles_seen = [r for r in ROLE_STYLE if r in set(role_of.get(n) for n in nodes)]

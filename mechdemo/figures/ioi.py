@@ -448,15 +448,10 @@ def ioi_circuit_figure(ctx: FigureContext) -> FigureOutput:
     edges = [(a, b, kind) for a, b, kind in EDGES if a in roles and b in roles]
 
     def draw():
-        import matplotlib.pyplot as plt
         from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-        fig = plt.figure(figsize=style.SLIDE, layout="none")
-        ax = fig.add_axes((0, 0, 1, 1))
+        fig, ax = style.slide_canvas()
         W, H = style.FIGURE_BOX_PX
-        ax.set_xlim(0, W)
-        ax.set_ylim(0, H)
-        ax.axis("off")
         renderer = fig.canvas.get_renderer()
 
         def text_width(text: str, **kw) -> float:

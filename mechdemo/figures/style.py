@@ -133,6 +133,19 @@ def head_label(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
+def slide_canvas():
+    """A figure of the slide's figure box with one axes over all of it, in slide pixels (x 0..1200,
+    y 0..520 from the bottom), no frame: for diagrams placed by hand. Returns ``(fig, ax)``."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=SLIDE, layout="none")
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, FIGURE_BOX_PX[0])
+    ax.set_ylim(0, FIGURE_BOX_PX[1])
+    ax.axis("off")
+    return fig, ax
+
+
 def note(ax, text: str) -> None:
     """A visible note across ``ax``: what a figure says when its result is missing or degenerate on
     this model (no circuit found, no head of a kind), instead of an empty or misleading picture."""
