@@ -17,7 +17,8 @@
 # descarga nada). (2) Entrenamos un SAE TopK con SAELens. (3) Lo evaluamos en datos que no vio
 # (L0, varianza explicada, *features* muertas, y la pérdida del modelo con la reconstrucción del SAE
 # empalmada en lugar de la MLP). (4) Miramos qué significan algunas *features*: sus contextos de
-# máxima activación y los *logits* que promueven.
+# máxima activación y los *logits* que promueven. (5) Construimos un navegador offline de todas sus
+# *features* y las resaltamos sobre un texto propio.
 #
 # **Tiempo**: alrededor de 1 minuto en una CPU de 2 núcleos con el modelo por defecto (medido; ver
 # `demos/README.md`), casi la mitad construyendo el *dataset*.
@@ -138,6 +139,50 @@ for f, logits in zip(features, promoted):
         line = f"{context['before'][-50:]}[[{context['token']}]]{context['after']}".replace("\n", "⏎")
         print(f"  {value:6.2f}  {line}")
 assert len(features) > 0
+
+# %% [markdown]
+# ## 5. Todas las *features*, en un navegador
+#
+# Cuatro *features* no son el SAE: `build_browser` escribe un sitio estático con **las 1.152**
+# (abre desde el disco, sin red ni servidor), como las páginas de Neuronpedia o de SAEDashboard. Por
+# *feature*: en qué fracción de los *tokens* se activa y el histograma de sus activaciones; sus
+# contextos de activación máxima (el color de cada *token* es la activación: el mouse muestra el
+# valor); contextos al azar de cada cuartil, que dicen si la etiqueta vale más allá de los máximos;
+# los *logits* que promueve y suprime; y sus vecinas por coseno del *decoder*. Todo sale de una pasada
+# del SAE por el *shard* held-out: el modelo solo aporta su *unembedding*. Desde la terminal:
+# `mechdemo sae browse --sae DIR --data DIR --out DIR`.
+
+# %%
+import sys
+import webbrowser
+
+from mechdemo.feature_browser import build_browser, highlight_html, site_bytes, text_activations, ui_strings
+from mechdemo.figures.i18n import translations
+
+start = time.perf_counter()
+browser = Path("navegador_sae").absolute()  # junto al notebook: sobrevive a la limpieza del final
+ui = {"es": translations(ui_strings(), "es"), "en": translations(ui_strings(), "en")}
+build_browser(sae, data, model, browser, ui, overwrite=True, progress=False)  # overwrite: se rehace al repetir
+index = browser / "es" / "index.html"
+print(f"navegador de {sae.cfg.d_sae:,} features ({site_bytes(browser) / 1e6:.1f} MB) en "
+      f"{time.perf_counter() - start:.0f} s: {index.as_uri()}")
+if os.environ.get("DISPLAY") or sys.platform in ("darwin", "win32"):  # hay pantalla: abrirlo
+    webbrowser.open(index.as_uri())
+assert index.is_file()
+
+# %% [markdown]
+# Y sobre un texto propio: `text_activations` corre el modelo hasta la capa del SAE y codifica la
+# salida de su MLP; `highlight_html` colorea cada *token* por la activación de las *features* que
+# más se activan en el texto (una línea por *feature*; el mouse muestra el valor y las *features*
+# más fuertes en ese *token*). Cambia el texto y búscalas en el navegador.
+
+# %%
+from IPython.display import HTML, display
+
+texto = "for name in sorted(names):\n    print(name.upper())"
+tokens, acts = text_activations(model, sae, LAYER, texto)
+display(HTML(highlight_html(tokens, acts, n=3)))
+assert len(tokens) == acts.shape[0] and (acts > 0).sum(1).max() <= sae_config.k
 
 # %% [markdown]
 # ## Ejercicio (de la presentación)

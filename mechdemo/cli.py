@@ -429,7 +429,7 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     cfg = ExtractConfig(model=args.model or DEFAULT_MODEL, layer=args.layer, corpus=args.corpus,
                         seq_len=args.seq_len, batch_size=args.batch_size, shard_size=args.shard_size,
-                        max_tokens=args.max_tokens)
+                        max_tokens=args.max_tokens, compute_dtype=args.compute_dtype)
     manifest = extract(cfg, args.out, progress=not args.json, push_to_hub=args.push_to_hub)
     if manifest:  # process 0
         summary = {"out": str(args.out), "tokens": manifest["tokens"], "shards": len(manifest["shards"]),
@@ -446,6 +446,7 @@ def _run_extract(args: argparse.Namespace) -> int:
          _run_extract)
 def _configure_extract(p: argparse.ArgumentParser) -> None:
     from mechdemo.corpus import OFFLINE_CORPUS, PILE
+    from mechdemo.datasets import COMPUTE_DTYPES
 
     p.add_argument("--model", default=None, help="model (default: the offline default)")
     p.add_argument("--layer", type=NON_NEGATIVE, required=True, help="MLP layer (Llama 3.2 1B: 8, as in the course)")
@@ -458,6 +459,9 @@ def _configure_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=POSITIVE, default=None, help="stop after about this many stored tokens")
     p.add_argument("--batch-size", type=POSITIVE, default=16, help="sequences per forward pass (default 16)")
     p.add_argument("--shard-size", type=POSITIVE, default=50_000, help="tokens per shard (default 50,000)")
+    p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="float32",
+                   help="the forward pass's dtype (default float32); float64 stores the same bf16 activations on "
+                        "every CPU (float32 sums differ in their last bits between Intel and AMD), ~2x slower")
     p.add_argument("--push-to-hub", default=None, metavar="REPO", help="also upload to this Hub dataset repo")
     p.add_argument("--json", action="store_true")
 
@@ -512,12 +516,14 @@ def _run_sae(args: argparse.Namespace) -> int:
     from mechdemo.sae import SAETrainConfig, evaluate_sae, load_sae, save_sae, train_sae
 
     _check_sae_args(args)  # before the dataset is read or a model loaded
+    if args.action == "browse":
+        return _run_sae_browse(args)
     data = ActivationDataset(args.data)
     c = data.manifest["config"]
     if args.action == "train":
         cfg = SAETrainConfig(architecture=args.architecture, expansion=args.expansion, k=args.k,
                              l1_coefficient=args.l1, l0_coefficient=args.l0, training_tokens=args.tokens,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, dtype=args.dtype)
         sae = train_sae(data, cfg, progress=not args.json)
         model = None if args.no_model else load_model(c["model"])
         metrics = evaluate_sae(sae, data, model, n_sequences=args.eval_sequences)
@@ -525,13 +531,7 @@ def _run_sae(args: argparse.Namespace) -> int:
         summary = _sae_summary(args.out, asdict(cfg), metrics)
     else:
         sae = load_sae(args.sae)
-        meta = sae.cfg.metadata
-        if meta.get("layer") is not None and (meta.get("layer"), meta.get("model_name")) != (c["layer"], c["model"]):
-            from mechdemo.errors import MechdemoError
-
-            raise MechdemoError(f"{args.sae} was trained on {meta.get('model_name')} layer {meta.get('layer')}, but "
-                                f"{args.data} holds {c['model']} layer {c['layer']}: evaluate it on a dataset of "
-                                "the same model and layer")
+        _check_sae_matches(sae, args, c, "evaluate")
         model = None if args.no_model else load_model(c["model"])
         summary = _sae_summary(args.sae, None, evaluate_sae(sae, data, model, n_sequences=args.eval_sequences))
     if args.json:
@@ -542,17 +542,68 @@ def _run_sae(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("sae", "train (mechdemo sae train) or evaluate (mechdemo sae eval) a sparse autoencoder on an "
-                "activation dataset", _run_sae)
+def _check_sae_matches(sae, args: argparse.Namespace, c: dict, what: str) -> None:
+    """An SAE trained on another model or layer than the dataset's is a user's mix-up: say so."""
+    meta = sae.cfg.metadata
+    if meta.get("layer") is not None and (meta.get("layer"), meta.get("model_name")) != (c["layer"], c["model"]):
+        raise MechdemoError(f"{args.sae} was trained on {meta.get('model_name')} layer {meta.get('layer')}, but "
+                            f"{args.data} holds {c['model']} layer {c['layer']}: {what} it on a dataset of "
+                            "the same model and layer")
+
+
+def _run_sae_browse(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from mechdemo.datasets import ActivationDataset
+    from mechdemo.feature_browser import BrowserConfig, build_browser, site_bytes, ui_strings
+    from mechdemo.figures.i18n import LANGUAGES, translations
+    from mechdemo.models import load_model
+    from mechdemo.sae import load_sae
+
+    start = time.perf_counter()
+    cfg = BrowserConfig(n_contexts=args.contexts, features=None if args.features == "all" else int(args.features),
+                        seed=args.seed)
+    data = ActivationDataset(args.data)
+    c = data.manifest["config"]
+    sae = load_sae(args.sae)
+    _check_sae_matches(sae, args, c, "browse")
+    model = load_model(c["model"])  # its unembedding: each feature's logit effect
+    ui = {lang: translations(ui_strings(), lang) for lang in LANGUAGES}
+    files = build_browser(sae, data, model, args.out, ui, cfg, provenance={"sae": str(args.sae)},
+                          overwrite=args.overwrite, progress=not args.json)
+    out = Path(args.out)
+    summary = {"out": str(out), "index": {lang: str(out / lang / "index.html") for lang in LANGUAGES},
+               "features": cfg.features or sae.cfg.d_sae, "files": len(files), "bytes": site_bytes(out),
+               "seconds": round(time.perf_counter() - start, 1)}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"{out}: feature browser of {summary['features']:,} features, {summary['bytes'] / 1e6:.1f} MB, "
+              f"{summary['seconds']:.0f} s")
+        for lang, index in summary["index"].items():
+            print(f"  {lang}: {Path(index).absolute().as_uri()}")
+    return 0
+
+
+def _features_arg(value: str) -> str:
+    if value == "all" or (value.isdigit() and int(value) > 0):
+        return value
+    raise argparse.ArgumentTypeError(f"expected 'all' or a positive number of features, not {value!r}")
+
+
+@command("sae", "train (mechdemo sae train), evaluate (mechdemo sae eval) or browse the features of (mechdemo sae "
+                "browse) a sparse autoencoder on an activation dataset", _run_sae)
 def _configure_sae(p: argparse.ArgumentParser) -> None:
     from mechdemo.sae import ARCHITECTURES, SAETrainConfig
 
     d = SAETrainConfig()
-    p.add_argument("action", choices=["train", "eval"])
+    p.add_argument("action", choices=["train", "eval", "browse"])
     p.add_argument("--data", required=True, help="activation dataset folder (from `mechdemo extract`); its last shard "
                                                  "is held out for evaluation")
-    p.add_argument("--out", help="train: folder for the SAE (SAELens format + mechdemo_sae.json)")
-    p.add_argument("--sae", help="eval: a saved SAE folder")
+    p.add_argument("--out", help="train: folder for the SAE (SAELens format + mechdemo_sae.json); browse: folder "
+                                 "for the feature browser (open <out>/en/index.html or es/index.html)")
+    p.add_argument("--sae", help="eval, browse: a saved SAE folder")
     p.add_argument("--architecture", choices=ARCHITECTURES, default=d.architecture,
                    help=f"relu (L1 penalty), topk or jumprelu (default {d.architecture})")
     p.add_argument("--expansion", type=POSITIVE, default=d.expansion, help=f"d_sae / d_model (default {d.expansion})")
@@ -564,10 +615,15 @@ def _configure_sae(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=POSITIVE, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=_float_above(0), default=d.lr, help=f"default {d.lr:g}")
     p.add_argument("--seed", type=NON_NEGATIVE, default=d.seed)
+    p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype,
+                   help="train: the SAE's dtype (default float32); float64 trains the same SAE on every CPU, ~2x slower")
     p.add_argument("--eval-sequences", type=POSITIVE, default=32,
                    help="held-out sequences for the spliced-loss evaluation (default 32)")
     p.add_argument("--no-model", action="store_true", help="skip the spliced-loss evaluation (no model load)")
-    p.add_argument("--overwrite", action="store_true", help="train: replace an SAE already in --out")
+    p.add_argument("--features", type=_features_arg, default="all",
+                   help="browse: all features, or only the first N (a smaller, quicker site; default all)")
+    p.add_argument("--contexts", type=POSITIVE, default=20, help="browse: top-activating contexts per feature (default 20)")
+    p.add_argument("--overwrite", action="store_true", help="train: replace an SAE already in --out; browse: a browser")
     p.add_argument("--json", action="store_true")
 
 
@@ -594,12 +650,18 @@ def _check_sae_args(args: argparse.Namespace) -> None:
             d_in = 0  # a damaged manifest: ActivationDataset names it next
         # a bad --out, or one without room for the SAE, is found now, not after training
         check_sae_out(args.out, args.overwrite, needed_bytes=sae_bytes(d_in, args.expansion) if d_in else 0)
-    if args.action == "eval":
+    if args.action in ("eval", "browse"):
         if not args.sae:
-            raise MechdemoError("mechdemo sae eval needs --sae DIR: a folder written by `mechdemo sae train`")
+            raise MechdemoError(f"mechdemo sae {args.action} needs --sae DIR: a folder written by `mechdemo sae train`")
         if not (Path(args.sae) / "cfg.json").is_file():
             raise MechdemoError(f"--sae {args.sae} is not a saved SAE (no cfg.json): train one with "
                                 f"`mechdemo sae train --data {args.data} --out DIR`")
+    if args.action == "browse":
+        from mechdemo.feature_browser import check_site_out
+
+        if not args.out:
+            raise MechdemoError("mechdemo sae browse needs --out DIR: the folder to write the feature browser in")
+        check_site_out(args.out, args.overwrite)  # before the model loads
 
 
 # --- mechdemo anatomy ------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+COMPUTE_DTYPES = ("float32", "float64")
 NORM_STATS = "norm_stats.json"
 
 
@@ -72,6 +73,13 @@ class ExtractConfig:
     shard_size: int = 50_000  # tokens per shard (a shard closes at the first batch boundary past it)
     max_tokens: int | None = None
     dtype: str = "bfloat16"
+    # the forward pass's dtype: float64 gives the same bf16 dataset on every CPU (MKL's float32 sums
+    # differ in their last bits between Intel and AMD CPUs, and bf16 rounding flips on some of them)
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise MechdemoError(f"compute dtype {self.compute_dtype!r}: choose one of {', '.join(COMPUTE_DTYPES)}")
 
 
 def to_uint16(x: Tensor) -> np.ndarray:
@@ -264,7 +272,7 @@ def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
                             "(mechdemo never writes into a folder it did not create)")
     check_writable(out)
     if config_file.exists():
-        have = json.loads(config_file.read_text())
+        have = {"compute_dtype": "float32", **json.loads(config_file.read_text())}  # (older datasets: float32)
         if have != wanted:
             diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
             raise MechdemoError(
@@ -303,7 +311,9 @@ def extract(
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if model is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else None
-        model = load_model(cfg.model, device=device)
+        model = load_model(cfg.model, device=device, dtype=getattr(torch, cfg.compute_dtype))
+    elif (have := next(model.parameters()).dtype) != getattr(torch, cfg.compute_dtype):
+        raise MechdemoError(f"the model given computes in {have}, the config asks for {cfg.compute_dtype}")
     check_layer(model, cfg.layer)
     d_model = model.cfg.d_model
     created = not out.exists()

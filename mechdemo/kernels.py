@@ -10,7 +10,11 @@ and training (the SAEs of the deck) amplifies that into different features and d
 ``MKL_CBWR=AVX2`` (MKL's Conditional Numerical Reproducibility: torch's matrix products),
 ``ATEN_CPU_CAPABILITY=avx2`` (torch's own kernels), ``OPENBLAS_CORETYPE=Haswell`` (numpy's and
 scipy's BLAS: PCA, t-SNE) and, on a CPU with AVX-512, ``NPY_DISABLE_CPU_FEATURES`` for numpy's
-AVX-512 loops. Every x86-64 CPU since 2013 has AVX2; on a CPU without it, or another architecture
+AVX-512 loops. ``MKL_CBWR=AVX2`` holds on Intel CPUs only: on AMD ones MKL runs its AUTO path (only
+AUTO and COMPATIBLE exist there; COMPATIBLE, SSE2, costs 3x), so float32 matrix products still differ
+in their last bits between the two vendors. The figures that amplify such bits (SAE training data
+and training, t-SNE) compute in float64 (``FigureContext.model64``), where the difference is ~1e-16.
+Every x86-64 CPU since 2013 has AVX2; on a CPU without it, or another architecture
 (ARM, Apple silicon), nothing is set. A value the user has set is kept, so ``MKL_CBWR=AUTO``
 restores MKL's fastest path, and ``MECHDEMO_NATIVE_KERNELS=1`` turns the pinning off (each library
 picks its fastest kernels; the numbers then depend on the CPU). This must run before torch and numpy

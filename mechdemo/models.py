@@ -503,7 +503,43 @@ def load_model(
         hf_model, tokenizer = _load_hub_model(spec, dtype, device_map)
     if device_map is None:
         hf_model = hf_model.to(dev)
-    return wrap(hf_model, tokenizer, spec.name, dev)
+    model = wrap(hf_model, tokenizer, spec.name, dev)
+    if dtype == torch.float64:
+        full_precision_norms(model)
+    return model
+
+
+def full_precision_norms(model: "TransformerBridge") -> int:
+    """Make a float64 model's RMSNorms compute in float64; return how many were changed.
+
+    Hugging Face's ``LlamaRMSNorm`` (and its copies: SmolLM2 is a Llama) upcasts its input to float32
+    for fp16/bf16 stability, which in a float64 model rounds every normalised residual stream to
+    float32 again. float64 is used here for results that must not depend on the CPU
+    (:meth:`mechdemo.figures.registry.FigureContext.model64`): measured on 16 x 128 tokens at layer
+    15 of SmolLM2, MKL's two code paths left 21 bf16 values of the MLP output different with HF's
+    norm and none with this one. Same formula: ``w * x / sqrt(mean(x^2) + eps)``.
+    """
+    import types
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+    changed = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+            module.forward = types.MethodType(forward, module)
+            changed += 1
+    return changed
+
+
+def to_float64(model: "TransformerBridge") -> "TransformerBridge":
+    """A float64 copy of ``model`` that computes in float64 throughout (:func:`full_precision_norms`)."""
+    import copy
+
+    model64 = copy.deepcopy(model).to(torch.float64)
+    full_precision_norms(model64)
+    return model64
 
 
 def random_model(

@@ -91,10 +91,15 @@ class SAETrainConfig:
     batch_size: int = 1024
     lr: float = 4e-3  # measured here: converges faster than 1e-3 in a CPU-sized run
     seed: int = 0
+    # float64: the same SAE on every CPU (float32 matrix products differ in their last bits between
+    # Intel and AMD CPUs, and training amplifies that); about twice as slow
+    dtype: str = "float32"
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
             raise MechdemoError(f"unknown SAE architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.dtype not in ("float32", "float64"):
+            raise MechdemoError(f"SAE dtype {self.dtype!r}: choose float32 or float64")
         if self.expansion < 1 or self.k < 1 or self.batch_size < 1 or self.training_tokens < self.batch_size:
             raise MechdemoError("expansion, k and batch_size must be positive, training_tokens >= batch_size")
 
@@ -117,7 +122,7 @@ def make_sae(cfg: SAETrainConfig, d_in: int, metadata: dict | None = None) -> "T
     )
     from sae_lens.saes.sae import SAEMetadata
 
-    common = dict(d_in=d_in, d_sae=cfg.expansion * d_in, dtype="float32", device="cpu",
+    common = dict(d_in=d_in, d_sae=cfg.expansion * d_in, dtype=cfg.dtype, device="cpu",
                   normalize_activations="expected_average_only_in", metadata=SAEMetadata(**(metadata or {})))
     torch.manual_seed(cfg.seed)
     if cfg.architecture == "topk":
@@ -147,7 +152,8 @@ def check_batch_fits(dataset: ActivationDataset, shards: Sequence[int], batch_si
 
 
 def data_provider(
-    dataset: ActivationDataset, shards: Sequence[int], batch_size: int, seed: int = 0
+    dataset: ActivationDataset, shards: Sequence[int], batch_size: int, seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> Iterator[Float[Tensor, "batch d_in"]]:
     """Endless shuffled batches of raw activations from ``shards`` (a new order every epoch).
 
@@ -156,7 +162,7 @@ def data_provider(
     epoch = 0
     while True:
         yielded = False
-        for batch in dataset.batches(batch_size, shuffle=True, seed=seed + epoch, shards=shards):
+        for batch in dataset.batches(batch_size, shuffle=True, seed=seed + epoch, shards=shards, dtype=dtype):
             if len(batch) == batch_size:
                 yielded = True
                 yield batch
@@ -186,7 +192,8 @@ def train_sae(
         device="cpu", dead_feature_window=max(100, cfg.training_tokens // cfg.batch_size // 4),
         feature_sampling_window=max(100, cfg.training_tokens // cfg.batch_size // 4),
     )
-    trainer = SAETrainer(trainer_cfg, sae, data_provider(dataset, train_shards, cfg.batch_size, cfg.seed))
+    trainer = SAETrainer(trainer_cfg, sae, data_provider(dataset, train_shards, cfg.batch_size, cfg.seed,
+                                                         getattr(torch, cfg.dtype)))
     # The dataset's RMS sets the scale (SAELens would otherwise estimate it from 1,000 batches);
     # fit() folds it into the weights when done.
     trainer.activation_scaler.scaling_factor = 1.0 / dataset.norm_stats["rms_per_element"]

@@ -9,7 +9,11 @@
 //     the figures drawn in its language (img/<lang>/, see mechdemo.figures.i18n): a deck that
 //     shows another language's figure stops the build.
 //  3. Interactive figures (HTML build only): a figure whose manifest entry also lists an .html
-//     page (CircuitsVis) is shown as that page in an <iframe>; the PDF keeps the static PNG.
+//     page (CircuitsVis) is shown as that page in an <iframe>; the PDF keeps the static PNG. An
+//     image may also name its page as its title, `![](../img/es/x.png "../img/site/es/page.html#f=3")`
+//     (a page of a site figure, e.g. the SAE feature browser): the HTML build shows that page, the
+//     PDF the PNG. A file of a site figure (img/<name>/...) brings the whole site into dist/
+//     (its data, script and the deck language's pages), so links into it work there too.
 // Chromium comes from the system (CHROME_PATH); marp-cli adds --no-sandbox itself as root.
 //
 // Model-neutral text: `{{model.display_name}}` (and the rest of the manifest's `model` block: name,
@@ -208,22 +212,40 @@ for (const entry of Object.values(figures)) {
   }
 }
 
+const siteOf = new Map() // a file of a site figure (img/<name>/...) -> every file of that site
+for (const [name, entry] of Object.entries(figures)) {
+  if (entry.files.every((f) => f.startsWith(`${name}/`))) for (const f of entry.files) siteOf.set(f, entry.files)
+}
+const LANGS = ['es', 'en']
+
 function copyFigure(file, deck) {
   const from = path.join(imgDir, file)
   if (!fs.existsSync(from)) throw new Error(`${deck}: ${where}/${file} does not exist: run \`make figures${model ? ` MODEL=${model}` : ''}\``)
   const lang = deck.split('.')[1]
   const folder = file.split('/').at(-2)
   if (folder !== lang) throw new Error(`${deck}: img/${file} is not a figure drawn in "${lang}": use img/${lang}/${path.basename(file)}`)
-  fs.mkdirSync(path.dirname(path.join(dist, 'img', file)), { recursive: true })
-  fs.copyFileSync(from, path.join(dist, 'img', file))
+  // a site's page brings the site: its shared files and this language's pages (not the other's)
+  const files = (siteOf.get(file) ?? [file]).filter((f) => f === file || !LANGS.includes(f.split('/').at(-2)) || f.split('/').at(-2) === lang)
+  for (const f of files) {
+    fs.mkdirSync(path.dirname(path.join(dist, 'img', f)), { recursive: true })
+    fs.copyFileSync(path.join(imgDir, f), path.join(dist, 'img', f))
+  }
 }
 
+const PAGE_TITLE = /(!\[[^\]]*\]\(img\/[\w.\/-]+\.png) "img\/([\w.\/-]+\.html(?:#[\w=&-]*)?)"\)/g
+
 function forHtml(source) {
-  return source.replace(/!\[[^\]]*\]\(img\/([\w.\/-]+\.png)\)/g, (image, png) => {
-    const page = interactive.get(png)
-    if (!page) return image
-    return `<iframe class="interactive" src="img/${page}" title="${page}"></iframe>`
-  })
+  return source
+    .replace(PAGE_TITLE, (_, image, page) => `<iframe class="interactive" src="img/${page}" title="${page.split('#')[0]}"></iframe>`)
+    .replace(/!\[[^\]]*\]\(img\/([\w.\/-]+\.png)\)/g, (image, png) => {
+      const page = interactive.get(png)
+      if (!page) return image
+      return `<iframe class="interactive" src="img/${page}" title="${page}"></iframe>`
+    })
+}
+
+function forPdf(source) {
+  return source.replace(PAGE_TITLE, (_, image) => `${image})`)
 }
 
 // ---- build -----------------------------------------------------------------------------------
@@ -247,7 +269,7 @@ for (const deck of decks) {
   // interactive variant; both sit in dist/ so that img/ resolves next to them.
   const pdfSource = path.join(dist, `${name}.md`)
   const htmlSource = path.join(dist, `.${name}.html.md`)
-  fs.writeFileSync(pdfSource, resolved)
+  fs.writeFileSync(pdfSource, forPdf(resolved))
   fs.writeFileSync(htmlSource, html)
   const common = ['--theme-set', theme, '--allow-local-files', '--html']
   const runs = [

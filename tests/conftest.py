@@ -87,6 +87,17 @@ def small_figure_run(tmp_path, monkeypatch, model):
         assert set(entries) == set(names) == set(read_manifest(out)["figures"])
         for name, entry in entries.items():
             assert entry["scale"] == "small" and entry["seconds"] > 0
+            if FIGURES[name].site:  # a static site (the SAE browser): its pages per language, its provenance
+                assert set(FIGURES[name].outputs) <= set(entry["files"])
+                assert all((out / f).stat().st_size > 0 for f in entry["files"])
+                from mechdemo.feature_browser import MARKER
+
+                marker = json.loads((out / name / MARKER).read_text())
+                assert marker["figure"] == name and marker["model"] == DEFAULT_MODEL
+                es, en = ((out / name / lang / "index.html").read_text(encoding="utf-8") for lang in ("es", "en"))
+                assert es != en
+                assert set(entry["results"]) == set(committed[name]["results"]), name
+                continue
             for f in entry["files"]:
                 assert (out / f).stat().st_size > 10_000, f
             for lang in LANGUAGES:

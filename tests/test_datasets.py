@@ -227,6 +227,28 @@ def test_other_arguments_on_an_existing_dataset_are_refused(model, corpus, refer
         extract(_config(corpus, layer=LAYER + 1), reference, model=model, progress=False)
 
 
+def test_float64_extraction_rounds_to_the_same_bf16_and_mismatches_are_named(model, corpus, reference, tmp_path):
+    """``compute_dtype="float64"`` (what the SAE figures use: the same dataset on Intel and AMD CPUs)
+    stores bf16 values that agree with the float32 extraction except where float32 rounding flipped
+    one; a model of another dtype than the config's is refused, and so is an unknown dtype."""
+    from mechdemo.models import to_float64
+
+    model64 = to_float64(model)
+    out = tmp_path / "f64"
+    extract(_config(corpus, compute_dtype="float64", max_tokens=600), out, model=model64, progress=False)
+    meta64, bits64 = _rows(out)
+    meta, bits = _rows(reference)
+    n = len(meta64)
+    assert (meta[:n] == meta64).all() and json.loads((out / "config.json").read_text())["compute_dtype"] == "float64"
+    same = (bits[:n] == bits64).mean()
+    assert same > 0.97  # float32 rounding flips the bf16 rounding of a few values
+    torch.testing.assert_close(from_uint16(bits64).float(), from_uint16(bits[:n]).float(), rtol=0.02, atol=0.02)
+    with pytest.raises(MechdemoError, match="computes in torch.float32, the config asks for float64"):
+        extract(_config(corpus, compute_dtype="float64"), tmp_path / "x", model=model, progress=False)
+    with pytest.raises(MechdemoError, match="choose one of float32, float64"):
+        _config(corpus, compute_dtype="float16")
+
+
 def test_layer_out_of_range_fails_before_writing(model, corpus, tmp_path):
     with pytest.raises(OutOfRangeError, match=r"0\.\.29"):
         extract(_config(corpus, layer=30), tmp_path / "bad", model=model, progress=False)

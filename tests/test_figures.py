@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,15 @@ def test_cli_writes_png_with_provenance_and_manifest(tmp_path):
     assert (arch["n_layers"], arch["d_model"], arch["n_heads"], arch["n_kv_heads"]) == (30, 576, 9, 3)
 
 
+# Numbers a one-bit difference in the training data moves by more than 2e-3: JumpReLU's thresholds
+# (straight-through gradients over 125 steps) decide which features die. Measured between MKL's two
+# code paths on one machine (AUTO and COMPATIBLE, as different as its Intel and AMD paths; DEVELOPERS.md):
+# the float64 datasets differed in one bf16 value of 11.5 million, and the l0=8 JumpReLU's dead and
+# dense fractions moved by 0.0026 and 0.0043; every TopK and ReLU number agreed to 4 decimals.
+JUMPRELU_RUNS = (6, 7, 8)  # sae_tradeoff.saes: the SWEEP's JumpReLU runs
+LOOSER = {re.compile(r"sae_tradeoff\.saes\[[678]\]\.(dead|dense)_fraction"): 0.01}
+
+
 def _assert_close(new, old, path: str = "") -> None:
     """Equal structure; numbers equal up to float noise (thread scheduling, last rounded digit)."""
     if isinstance(old, dict):
@@ -53,7 +63,8 @@ def _assert_close(new, old, path: str = "") -> None:
         for i, (a, b) in enumerate(zip(new, old)):
             _assert_close(a, b, f"{path}[{i}]")
     elif isinstance(old, float) or isinstance(new, float):
-        assert math.isclose(new, old, rel_tol=2e-3, abs_tol=2e-3), f"{path}: {new} != {old}"
+        tol = next((t for pattern, t in LOOSER.items() if pattern.fullmatch(path)), 2e-3)
+        assert math.isclose(new, old, rel_tol=2e-3, abs_tol=tol), f"{path}: {new} != {old}"
     else:
         assert new == old, f"{path}: {new!r} != {old!r}"
 
@@ -78,6 +89,7 @@ def test_committed_figures_are_reproduced(tmp_path, monkeypatch, model):
     monkeypatch.setenv("MECHDEMO_CACHE", str(tmp_path / "cache"))
     entries = run_figures(out_dir=tmp_path / "img", progress=False, models={DEFAULT_MODEL: model})
     committed = read_manifest(IMG)["figures"]
+    assert [committed["sae_tradeoff"]["results"]["saes"][i]["architecture"] for i in JUMPRELU_RUNS] == ["jumprelu"] * 3
     assert set(entries) == set(FIGURES)
     for name, entry in entries.items():
         assert entry["files"] == committed[name]["files"], name
@@ -90,14 +102,25 @@ def test_img_is_in_sync_with_the_registry():
     from mechdemo.figures.i18n import LANGUAGES
 
     registered = {f for spec in FIGURES.values() for f in spec.outputs}
+    sites = tuple(name for name, spec in FIGURES.items() if spec.site)  # img/<name>/: a site figure's pages
     present = {str(p.relative_to(IMG)) for p in IMG.rglob("*") if p.suffix in (".png", ".html")
-               and p.relative_to(IMG).parts[0] in LANGUAGES + (p.name,)}  # not img/<other model>/
+               and p.relative_to(IMG).parts[0] in LANGUAGES + (p.name,)  # not img/<other model>/
+               or p.relative_to(IMG).parts[0] in sites and p.parent.name in LANGUAGES}
     assert present - registered == set(), "files in img/ that no registered figure writes"
     assert registered - present == set(), "registered figures missing from img/: run `make figures`"
     manifest = read_manifest(IMG)["figures"]
     assert set(manifest) == set(FIGURES)
     for name, entry in manifest.items():
         assert entry["generator"] == FIGURES[name].generator
+        if FIGURES[name].site:  # a static site: its files as listed, its provenance in the site
+            assert all((IMG / f).is_file() for f in entry["files"]), name
+            assert set(FIGURES[name].outputs) <= set(entry["files"])
+            listed = {str(p.relative_to(IMG)) for p in (IMG / name).rglob("*") if p.is_file()}
+            assert listed == set(entry["files"]), f"{name}: files in img/{name}/ that the manifest does not list"
+            from mechdemo.feature_browser import MARKER
+
+            assert json.loads((IMG / name / MARKER).read_text())["figure"] == name
+            continue
         for lang in LANGUAGES:
             prov = read_provenance(IMG / lang / f"{name}.png")
             assert prov["figure"] == name and prov["language"] == lang

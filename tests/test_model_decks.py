@@ -77,7 +77,8 @@ def test_every_figure_and_both_decks_for_a_random_model(family, tmp_path, monkey
     for figure, entry in entries.items():
         assert entry["model"] == name, figure
         for f in entry["files"]:
-            assert (out / f).stat().st_size > 5_000, f
+            # a picture is more than 5 kB; a site figure's files (pages, data chunks) may be smaller
+            assert (out / f).stat().st_size > (0 if FIGURES[figure].site else 5_000), f
     committed = json.loads((ROOT / "img" / MANIFEST).read_text(encoding="utf-8"))["figures"]
     manifest["figures"].update({n: e for n, e in committed.items() if not FIGURES[n].needs_model})
     (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")

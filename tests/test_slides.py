@@ -27,7 +27,7 @@ CHROMIUM = os.environ.get("CHROME_PATH") or shutil.which("chromium") or shutil.w
 
 DIRECTIVE = re.compile(r"^\s*_?(class|paginate|footer|header|backgroundColor|color)\s*:")
 COMMENT = re.compile(r"<!--(.*?)-->", re.S)
-IMAGE = re.compile(r"!\[[^\]]*\]\(\.\./img/([\w./-]+)\)")
+IMAGE = re.compile(r"!\[[^\]]*\]\(\.\./img/([\w./-]+)(?: \"[^\"]*\")?\)")  # an optional title: its HTML page
 PLACEHOLDER = re.compile(r"\{\{[^}]*\}\}")
 
 
@@ -218,7 +218,7 @@ def test_built_html_needs_no_network(built, lang):
     local = [r for r in resources if not r.startswith(("data:", "#", "about:"))]
     assert local, "no figures in the built deck"
     for r in local:
-        assert (DIST / r).is_file(), f"deck.{lang}.html refers to {r}, missing from slides/dist/"
+        assert (DIST / r.split("#")[0]).is_file(), f"deck.{lang}.html refers to {r}, missing from slides/dist/"
 
 
 @FULL
@@ -234,6 +234,23 @@ def test_html_build_embeds_the_interactive_attention_page(built, lang):
     assert not re.search(r"<script[^>]+src=", page) and f'<html lang="{lang}">' in page
     pdf_source = (DIST / f"deck.{lang}.md").read_text(encoding="utf-8")
     assert f"{figure}.png" in pdf_source and "<iframe" not in pdf_source
+
+
+@FULL
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_html_build_embeds_the_sae_browser(built, lang):
+    """The first SAE feature's slide is, in the HTML deck, that feature's page in the feature browser,
+    and its caption links the browser's index; slides/dist carries the site (data, script, this
+    language's pages), so the built deck works when copied elsewhere. The PDF keeps the PNG."""
+    feature = MANIFEST["sae_feature_1"]["results"]["feature"]
+    html = (DIST / f"deck.{lang}.html").read_text(encoding="utf-8")
+    assert f'<iframe class="interactive" src="img/sae_browser/{lang}/feature.html#f={feature}"' in html
+    assert f'href="img/sae_browser/{lang}/index.html"' in html
+    assert f"img/{lang}/sae_feature_1.png" not in html
+    site = [f for f in MANIFEST["sae_browser"]["files"] if f.split("/")[1] not in ("es", "en") or f.split("/")[1] == lang]
+    assert all((DIST / "img" / f).is_file() for f in site)
+    pdf_source = (DIST / f"deck.{lang}.md").read_text(encoding="utf-8")
+    assert f"img/{lang}/sae_feature_1.png)" in pdf_source and "feature.html#" not in pdf_source
 
 
 def test_numbers_are_filled_in_from_the_manifest():

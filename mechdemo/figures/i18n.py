@@ -71,6 +71,13 @@ def tr(text: str, **values: object) -> str:
     return out.format(**values) if values else out
 
 
+def translations(strings: list[str], lang: str) -> dict[str, str]:
+    """``{english: text in lang}`` for each of ``strings``, from this table (the feature browser's UI:
+    its pages get their text as one JSON object). A missing string is an error, as in :func:`tr`."""
+    with language(lang):
+        return {s: tr(s) for s in strings}
+
+
 def num(value: float, spec: str = "") -> str:
     """``format(value, spec)`` in the current language: ``num(0.5, ".2f")`` is '0,50' in Spanish.
 
@@ -324,6 +331,66 @@ ES: dict[str, str] = {
     "edges in the circuit (log scale; the whole graph: {n})": "edges en el circuito (escala log; el grafo entero: {n})",
     "faithfulness": "faithfulness",
     "other heads": "otras heads",
+    # ---- the SAE feature browser's pages (mechdemo/browser_assets/browser.js: UI_STRINGS)
+    "model": "modelo",
+    "SAE": "SAE",
+    "features": "features",
+    "{shown} of {total}": "{shown} de {total}",
+    "held-out tokens": "tokens held-out",
+    "dead features": "features muertas",
+    "dense features": "features densas",
+    "dead": "muerta",
+    "dense": "densa",
+    "never fires on the held-out tokens": "nunca se activa en los tokens held-out",
+    "fires on more than {pct} of the held-out tokens": "se activa en más del {pct} de los tokens held-out",
+    "Each row is one feature of the sparse autoencoder: how often it fires on the held-out tokens (density), its largest activation, a histogram of its nonzero activations and the tokens it fires on most. Click a number to open the feature's page.": "Cada fila es una feature del sparse autoencoder: con qué frecuencia se activa en los tokens held-out (densidad), su activación máxima, un histograma de sus activaciones no nulas y los tokens en los que más se activa. Un clic en el número abre la página de la feature.",
+    "filter": "filtrar",
+    "token text or feature number": "texto de un token o número de feature",
+    "sort by": "ordenar por",
+    "feature number": "número de feature",
+    "density (high first)": "densidad (mayor primero)",
+    "max activation (high first)": "activación máxima (mayor primero)",
+    "hide dead features": "ocultar features muertas",
+    "features listed": "features en la lista",
+    "showing the first {n}": "se muestran las primeras {n}",
+    "no feature matches the filter": "ninguna feature coincide con el filtro",
+    "feature": "feature",
+    "max activation": "activación máxima",
+    "top tokens": "tokens principales",
+    "activations": "activaciones",
+    "fraction of the held-out tokens on which the feature fires": "fracción de los tokens held-out en los que se activa la feature",
+    "histogram of its nonzero activations, from 0 to its maximum": "histograma de sus activaciones no nulas, de 0 a su máximo",
+    "{n} times among its top contexts": "{n} veces entre sus contextos de activación máxima",
+    "dataset": "dataset",
+    "all features": "todas las features",
+    "previous": "anterior",
+    "next": "siguiente",
+    "Feature {id}": "Feature {id}",
+    "feature {id} · {title}": "feature {id} · {title}",
+    "loading feature {id}…": "cargando la feature {id}…",
+    "no feature {id}: this browser has features 0 to {max}": "no hay feature {id}: este navegador tiene las features 0 a {max}",
+    "could not load {file}": "no se pudo cargar {file}",
+    "This feature never fired on the held-out tokens: only its logit effect and nearest features are shown.": "Esta feature nunca se activó en los tokens held-out: solo se muestran su efecto en los logits y sus vecinas.",
+    "{n} of {total} held-out tokens": "{n} de {total} tokens held-out",
+    "how to read this page": "cómo leer esta página",
+    "Histogram: how strongly the feature fires when it fires (its nonzero activations).": "Histograma: con qué fuerza se activa la feature cuando se activa (sus activaciones no nulas).",
+    "Top activations: the texts where it fires most. The outlined token is where the value on the left was measured; each token is shaded by the feature's activation there (hover to read it).": "Top activations: los textos donde más se activa. El token recuadrado es donde se midió el valor de la izquierda; cada token se colorea según la activación de la feature en él (el mouse muestra el valor).",
+    "Lower activations: samples from weaker quantile bands of its activations. Does it mean the same when it fires weakly?": "Activaciones más bajas: muestras de los cuantiles más débiles de sus activaciones. ¿Significa lo mismo cuando se activa poco?",
+    "Logit effect: the output tokens its decoder direction pushes up or down most, directly.": "Efecto en los logits: los tokens de salida que su dirección del decoder sube o baja más, directamente.",
+    "Nearest features: those with the most similar decoder directions (cosine).": "Vecinas: las features con la dirección del decoder más parecida (coseno).",
+    "activation histogram": "histograma de activaciones",
+    "activation": "activación",
+    "count": "cantidad",
+    "top activations": "activaciones máximas",
+    "lower activations": "activaciones más bajas",
+    "between {lo} and {hi} (quantiles {q0}–{q1})": "entre {lo} y {hi} (cuantiles {q0}–{q1})",
+    "too few activations to sample lower bands": "muy pocas activaciones para muestrear bandas más bajas",
+    "no contexts": "sin contextos",
+    "logit effect": "efecto en los logits",
+    "promoted": "promovidos",
+    "suppressed": "suprimidos",
+    "nearest features (decoder cosine)": "features vecinas (coseno del decoder)",
+    "decoder cosine": "coseno del decoder",
 }
 
 TABLE: dict[str, dict[str, str]] = {"es": ES}

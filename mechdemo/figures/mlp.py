@@ -40,7 +40,7 @@ def domain_activations(ctx: FigureContext) -> dict:
     """MLP outputs of every layer for each domain text: ``{"acts": {domain: [n_layers, pos, d]}, "tokens": ...}``."""
 
     def compute() -> dict:
-        model = ctx.model
+        model = ctx.model64  # t-SNE amplifies the last bits of float32 sums, which differ between CPUs
         layers = list(range(model.cfg.n_layers))
         acts, tokens = {}, {}
         for domain, text in DOMAIN_TEXTS.items():

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SCALES = ("full", "small")
 FIGURE_THREADS = 2
+MAX_FLOAT64_BYTES = 4 * 2**30  # FigureContext.model64: larger models are not copied to float64
 
 
 def check_scale(scale: str) -> None:
@@ -81,11 +82,16 @@ class FigureOutput:
     ``draw()`` returns a matplotlib ``Figure``; the registry calls it once per language (text
     through :func:`mechdemo.figures.i18n.tr`). ``html()`` returns a self-contained page (no
     network), written as ``<lang>/<name>.html``, also once per language.
+
+    A *site* figure (registered with ``site=True``: the SAE feature browser) draws no PNG
+    (``draw`` is ``None``): ``site(folder, provenance)`` writes a static site, pages for every
+    language, into ``<name>/`` and returns its files, relative to that folder.
     """
 
-    draw: Callable[[], Any]
+    draw: Callable[[], Any] | None
     html: Callable[[], str] | None = None
     results: dict[str, Any] = field(default_factory=dict)  # JSON-able numbers the deck may cite
+    site: Callable[[Path, dict], list[str]] | None = None
 
 
 class FigureTextTooSmall(MechdemoError):
@@ -100,6 +106,7 @@ class FigureSpec:
     needs_model: bool
     seed: int
     description: str
+    site: bool = False  # a static site in <name>/ (its pages: outputs), no PNG
 
     @property
     def generator(self) -> str:
@@ -114,17 +121,23 @@ def figure(
     *,
     description: str,
     html: bool = False,
+    site: tuple[str, ...] = (),
     needs_model: bool = True,
     seed: int = 0,
 ) -> Callable:
-    """Register ``func`` as the generator of ``img/<lang>/<name>.png`` (and ``.html`` if ``html``)."""
+    """Register ``func`` as the generator of ``img/<lang>/<name>.png`` (and ``.html`` if ``html``), or,
+    with ``site`` (the pages every language gets, e.g. ``("index.html", "feature.html")``), of a static
+    site ``img/<name>/`` with pages ``<name>/<lang>/<page>``."""
     from mechdemo.figures.i18n import LANGUAGES
 
     def register(func: Callable) -> Callable:
         if name in FIGURES:
             raise ValueError(f"figure {name!r} is registered twice")
-        outputs = tuple(f"{lang}/{name}.{ext}" for lang in LANGUAGES for ext in ("png",) + (("html",) if html else ()))
-        FIGURES[name] = FigureSpec(name, func, outputs, needs_model, seed, description)
+        if site:
+            outputs = tuple(f"{name}/{lang}/{page}" for lang in LANGUAGES for page in site)
+        else:
+            outputs = tuple(f"{lang}/{name}.{ext}" for lang in LANGUAGES for ext in ("png",) + (("html",) if html else ()))
+        FIGURES[name] = FigureSpec(name, func, outputs, needs_model, seed, description, site=bool(site))
         return func
 
     return register
@@ -162,6 +175,28 @@ class FigureContext:
             log.info("Loading %s ...", self.model_name)
             self._models[self.model_name] = load_model(self.model_name, device=self.device)
         return self._models[self.model_name]
+
+    @property
+    def model64(self):
+        """The run's model in float64 (a copy, made once per run), for the computations whose rounding
+        the figure amplifies: SAE training data and t-SNE. MKL's float32 sums differ in their last bits
+        between Intel and AMD CPUs (``MKL_CBWR=AVX2`` holds on Intel CPUs only; ``mechdemo.kernels``),
+        and training or t-SNE turn that into other features and maps; float64 moves the differences to
+        1e-16, below the bf16 rounding of an activation dataset and far below what the deck shows.
+        A model over :data:`MAX_FLOAT64_BYTES` in float64 (Llama 3.2 1B: 10 GB) is used as it is."""
+        key = (self.model_name, "float64")
+        if key not in self._models:
+            from mechdemo.models import to_float64
+
+            model = self.model
+            size = sum(p.numel() for p in model.parameters()) * 8
+            if size > MAX_FLOAT64_BYTES:
+                log.warning("%s is %.1f GB in float64: using it in its own dtype (numbers may then differ in "
+                            "their last digits between CPU vendors)", self.model_name, size / 1e9)
+                self._models[key] = model
+            else:
+                self._models[key] = to_float64(model)
+        return self._models[key]
 
     @property
     def spec(self):
@@ -321,7 +356,15 @@ def run_figures(
                 "date": date,
             }
             files, sizes, smallest = [], set(), []
-            for lang in LANGUAGES:
+            if spec.site:
+                if output.site is None or output.draw is not None:
+                    raise RuntimeError(f"figure {spec.name} is registered as a site: return FigureOutput(None, site=...)")
+                written_files = output.site(out / spec.name, provenance)
+                files = [f"{spec.name}/{f}" for f in written_files]
+                missing = set(spec.outputs) - set(files)
+                if missing:
+                    raise RuntimeError(f"figure {spec.name} did not write {sorted(missing)}")
+            for lang in LANGUAGES if not spec.site else ():
                 (out / lang).mkdir(exist_ok=True)
                 with language(lang):
                     fig = output.draw()
@@ -348,15 +391,15 @@ def run_figures(
                             raise RuntimeError(f"figure {spec.name} is registered with html=True but returned none")
                         (out / lang / f"{spec.name}.html").write_text(output.html(), encoding="utf-8")
                         files.append(f"{lang}/{spec.name}.html")
-            if len(sizes) != 1:
+            if len(sizes) != 1 and not spec.site:
                 raise RuntimeError(f"figure {spec.name} is drawn at different sizes per language: {sorted(sizes)}")
         seconds = time.perf_counter() - start
         entry = {
             **provenance,
             "files": files,
             "languages": list(LANGUAGES),
-            "size_in": list(sizes.pop()),
-            "min_font_pt": min(smallest),
+            **({"bytes": sum((out / f).stat().st_size for f in files)} if spec.site
+               else {"size_in": list(sizes.pop()), "min_font_pt": min(smallest)}),
             "description": spec.description,
             "results": _results_jsonable(output.results),
             "seconds": round(seconds, 1),

@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from mechdemo.feature_browser import PAGES as BROWSER_PAGES
 from mechdemo.figures import style
 from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
@@ -34,6 +35,9 @@ SWEEP = {
     "jumprelu": [{"l0_coefficient": c, "batch_size": 256, "lr": 8e-3} for c in (0.5, 2.0, 8.0)],
 }
 FEATURE_SAE = ("topk", {"k": 32})
+# float64: the same SAEs on Intel and AMD CPUs (float32 matrix products differ in their last bits
+# between them, and training amplifies that into other features); ~2x the float32 time
+SAE_DTYPE = "float64"
 ARCH_LABEL = {"topk": "TopK", "relu": "ReLU + L1", "jumprelu": "JumpReLU"}
 ARCH_COLOUR = {"topk": style.BLUE, "relu": style.ORANGE, "jumprelu": style.GREEN}
 
@@ -54,14 +58,18 @@ def _dataset(ctx: FigureContext):
     def compute():
         layer = default_layer(ctx.model_name, ctx.model.cfg.n_layers)
         tokens = ctx.pick(TOKENS, SMALL["tokens"])
+        model = ctx.model64  # the same bf16 dataset on Intel and AMD CPUs (FigureContext.model64)
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         cfg = ExtractConfig(model=ctx.model_name, layer=layer, corpus=OFFLINE_CORPUS, seq_len=128, batch_size=16,
-                            shard_size=ctx.pick(SHARD, SMALL["shard"]), max_tokens=tokens)
-        # the kernels in the name: a dataset computed under others would give other SAEs (mechdemo.kernels)
-        out = cache_root() / "activations" / f"{ctx.model_name}-mlp{layer}-{OFFLINE_CORPUS}-{tokens}-{kernels_tag()}"
+                            shard_size=ctx.pick(SHARD, SMALL["shard"]), max_tokens=tokens, compute_dtype=dtype)
+        # the kernels and dtype in the name: a dataset computed under others would give other SAEs
+        # (mechdemo.kernels)
+        out = (cache_root() / "activations"
+               / f"{ctx.model_name}-mlp{layer}-{OFFLINE_CORPUS}-{tokens}-{dtype}-{kernels_tag()}")
         # the SAEs' training data must not depend on the machine either: extraction on the thread
         # count SAE training uses, whatever MECHDEMO_FIGURE_THREADS says
         with fixed_threads(TRAIN_THREADS):
-            extract(cfg, out, model=ctx.model, progress=True)
+            extract(cfg, out, model=model, progress=True)
         return ActivationDataset(out, verify=True)
 
     return ctx.computed("sae.dataset", compute)
@@ -73,7 +81,7 @@ def _train_setting(ctx: FigureContext, arch: str, fields: dict):
 
     def compute():
         cfg = SAETrainConfig(architecture=arch, expansion=EXPANSION, seed=ctx.seed,
-                             training_tokens=_train_samples(ctx), **fields)
+                             training_tokens=_train_samples(ctx), dtype=SAE_DTYPE, **fields)
         return cfg, train_sae(_dataset(ctx), cfg, progress=True)
 
     return ctx.computed(f"sae.{arch}.{sorted(fields.items())}", compute)
@@ -128,13 +136,20 @@ def _quoted(tokens: list[str]) -> str:
     return ", ".join(f"“{t}”" for t in tokens)
 
 
+def visible(token: str) -> str:
+    """A token of whitespace only, shown: newlines as ⏎, spaces as ␣, tabs as ⇥ (as the context lines
+    and the feature browser show them)."""
+    return token.replace("\n", "⏎").replace(" ", "␣").replace("\t", "⇥")
+
+
 def frequent_tokens(tokens: list[str], most: int = 3) -> tuple[list[str], float]:
     """What a feature fires on, read off the tokens of its top activations: the most frequent ones
-    (stripped of spaces; at most ``most``, those seen at least twice, or the single most frequent),
+    (stripped of spaces, or :func:`visible` if only whitespace; at most ``most``, those seen at least
+    twice, or the single most frequent),
     and the share of ``tokens`` they account for."""
     from collections import Counter
 
-    counts = Counter(t.strip() or repr(t) for t in tokens).most_common()
+    counts = Counter(t.strip() or visible(t) for t in tokens).most_common()
     chosen = [t for t, c in counts[:most] if c >= 2] or [counts[0][0]]
     share = sum(c for t, c in counts if t in chosen) / len(tokens)
     return chosen, share
@@ -249,7 +264,7 @@ def _feature_figure(ctx: FigureContext, rank: int) -> FigureOutput:
         "frequent_tokens": _quoted(feat["frequent"]),
         "frequent_share": round(feat["frequent_share"], 4),
         "promoted": [t for t, _ in promoted],
-        "promoted_tokens": _quoted(list(dict.fromkeys(t.strip() or repr(t) for t, _ in promoted))[:3]),
+        "promoted_tokens": _quoted(list(dict.fromkeys(t.strip() or visible(t) for t, _ in promoted))[:3]),
     })
 
 
@@ -287,20 +302,21 @@ def _commands(ctx: FigureContext, data) -> dict[str, str]:
     layer = c["layer"]
     extract = f"mechdemo extract --layer {layer} --max-tokens {c['max_tokens']} --shard-size {c['shard_size']}"
     for flag, key, default in (("--seq-len", "seq_len", 128), ("--batch-size", "batch_size", 16),
-                               ("--corpus", "corpus", OFFLINE_CORPUS)):
-        if c[key] != default:
+                               ("--corpus", "corpus", OFFLINE_CORPUS), ("--compute-dtype", "compute_dtype", "float32")):
+        if c.get(key, default) != default:
             extract += f" {flag} {c[key]}"
     arch, fields = FEATURE_SAE
     cfg = SAETrainConfig(architecture=arch, expansion=EXPANSION, seed=ctx.seed, training_tokens=_train_samples(ctx),
-                         **fields)
+                         dtype=SAE_DTYPE, **fields)
     default = SAETrainConfig()
     train = f"mechdemo sae train --data acts{layer}/ --out sae{layer}/ \\\n    --architecture {arch}"
     for flag, key in (("--k", "k"), ("--l1", "l1_coefficient"), ("--l0", "l0_coefficient"),
                       ("--expansion", "expansion"), ("--tokens", "training_tokens"), ("--batch-size", "batch_size"),
-                      ("--lr", "lr"), ("--seed", "seed")):
+                      ("--lr", "lr"), ("--seed", "seed"), ("--dtype", "dtype")):
         relevant = {"k": "topk", "l1_coefficient": "relu", "l0_coefficient": "jumprelu"}.get(key, arch) == arch
         if relevant and (getattr(cfg, key) != getattr(default, key) or key in fields):
-            train += f" {flag} {getattr(cfg, key):g}"
+            value = getattr(cfg, key)
+            train += f" {flag} {value:g}" if not isinstance(value, str) else f" {flag} {value}"
     return {
         "extract": f"{extract} --out acts{layer}/",
         "train": f"{train} --no-model",
@@ -351,4 +367,34 @@ def sae_tradeoff(ctx: FigureContext) -> FigureOutput:
         "eval_sequences": ctx.pick(EVAL_SEQUENCES, SMALL["n_sequences"]),
         "commands": _commands(ctx, data),
         "saes": [{"architecture": r["arch"], "setting": r["setting"], **_rounded(r["metrics"])} for r in runs],
+    })
+
+
+@figure("sae_browser", site=BROWSER_PAGES,
+        description="The offline feature browser of the feature figures' SAE (TopK k=32): every feature's density, "
+                    "activation histogram, top and quantile-sampled held-out contexts, logit effect and nearest "
+                    "features, as a static site that works from file://")
+def sae_browser(ctx: FigureContext) -> FigureOutput:
+    """The browser of the SAE that ``sae_feature_1`` ... ``sae_feature_4`` show, from the same held-out
+    shard: the four features it shows have the same numbers there (the tests compare them)."""
+    from mechdemo.feature_browser import BrowserConfig, compute_browser, ui_strings, write_site
+    from mechdemo.figures.i18n import LANGUAGES, translations
+
+    arch, fields = FEATURE_SAE
+    _, sae = _train_setting(ctx, arch, fields)
+    cfg = BrowserConfig(seed=ctx.seed)
+    site = compute_browser(sae, _dataset(ctx), ctx.model, cfg, progress=True)
+    meta = site["meta"]
+    shown = [f["feature"] for f in _features(ctx)["features"]]
+    ui = {lang: translations(ui_strings(), lang) for lang in LANGUAGES}
+
+    def write(folder, provenance):
+        return write_site(site, folder, ui, provenance={**provenance, "sae": f"{arch} {sorted(fields.items())}"},
+                          overwrite=True)
+
+    return FigureOutput(None, site=write, results={
+        "layer": meta["layer"], "d_sae": meta["d_sae"], "heldout_tokens": meta["heldout_tokens"],
+        "n_dead": meta["n_dead"], "n_dense": meta["n_dense"], "n_contexts": cfg.n_contexts,
+        "features_shown": [{"feature": f, "density": meta["features"]["density"][f], "max": meta["features"]["max"][f]}
+                           for f in shown],
     })
