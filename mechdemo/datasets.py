@@ -33,6 +33,7 @@ RMS, the layer, model and dtype. :class:`ActivationDataset` reads it back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -238,6 +239,32 @@ def check_writable(out: Path) -> None:
     parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MechdemoError(f"--out {out}: {parent} is not writable: choose a folder you can write to")
+
+
+@contextlib.contextmanager
+def folder_written_atomically(out: Path, tag: str) -> Iterator[Path]:
+    """A sibling folder ``.<name>.<tag>-<pid>`` to write ``out``'s content into: renamed to ``out`` when
+    the block ends without an error (an existing ``out`` replaced only then), removed otherwise. An
+    interrupted write leaves the old folder, or none, never half of one; temporaries left by a killed
+    run are removed first."""
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.{tag}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.{tag}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_hub_repo(repo: str) -> None:

@@ -37,9 +37,7 @@ in chunks of :data:`CHUNK` features, loaded when a page shows one of them.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -52,7 +50,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechdemo import __version__
-from mechdemo.datasets import ActivationDataset, check_writable, from_uint16
+from mechdemo.datasets import ActivationDataset, check_writable, folder_written_atomically, from_uint16
 from mechdemo.errors import MechdemoError
 from mechdemo.sae import DENSE_THRESHOLD, split_shards
 
@@ -322,19 +320,14 @@ def write_site(
     import html
 
     out = check_site_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.writing-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.writing-{os.getpid()}"
-    tmp.mkdir()
     files: list[str] = []
+    with folder_written_atomically(out, "writing") as tmp:
 
-    def put(rel: str, text: str) -> None:
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / rel).write_text(text, encoding="utf-8")
-        files.append(rel)
+        def put(rel: str, text: str) -> None:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text, encoding="utf-8")
+            files.append(rel)
 
-    try:
         meta = data["meta"]
         for lang, table in ui.items():
             for page in PAGES:
@@ -357,15 +350,6 @@ def write_site(
                           f"<body><ul>{index}</ul></body></html>\n")
         put(MARKER, json.dumps({"mechdemo_version": __version__, **(provenance or {}), "files": sorted(files)},
                                indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return sorted(files)
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -45,7 +44,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechdemo.datasets import ActivationDataset, check_writable, from_uint16
+from mechdemo.datasets import ActivationDataset, check_writable, folder_written_atomically, from_uint16
 from mechdemo.errors import MechdemoError
 from mechdemo.threads import fixed_threads
 
@@ -230,7 +229,6 @@ def check_sae_out(out: str | Path, overwrite: bool = False, needed_bytes: int = 
     holding something else, not an existing SAE unless ``overwrite``, writable, and with
     ``needed_bytes`` free (an SAE being replaced stays until the new one is complete). Raises a
     :class:`MechdemoError` naming the fix; returns the path."""
-    import os
     import shutil
 
     out = Path(out)
@@ -257,28 +255,12 @@ def save_sae(sae: "TrainingSAE", out: str | Path, cfg: SAETrainConfig, metrics: 
 
     Written into a sibling folder first and renamed into place, so an interrupted save never leaves
     half an SAE; an existing SAE in ``out`` is replaced only with ``overwrite`` (then atomically)."""
-    import shutil
-
     out = check_sae_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.saving-*"):  # left by a save that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.saving-{os.getpid()}"
-    tmp.mkdir()
-    try:
+    with folder_written_atomically(out, "saving") as tmp:
         sae.save_inference_model(str(tmp))
         cfg_file = tmp / "cfg.json"  # SAELens writes its keys in hash order: sorted, the same SAE is the same bytes
         cfg_file.write_text(json.dumps(json.loads(cfg_file.read_text()), indent=2, sort_keys=True))
         (tmp / TRAIN_CONFIG).write_text(json.dumps({"train_config": asdict(cfg), "metrics": metrics or {}}, indent=2))
-        if out.exists():  # an empty folder, or an SAE being replaced (--overwrite)
-            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
