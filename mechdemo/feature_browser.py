@@ -52,7 +52,7 @@ from torch import Tensor
 from mechdemo import __version__
 from mechdemo.datasets import ActivationDataset, check_writable, folder_written_atomically, from_uint16
 from mechdemo.errors import MechdemoError
-from mechdemo.sae import DENSE_THRESHOLD, split_shards
+from mechdemo.sae import DENSE_THRESHOLD, logit_effects, split_shards
 
 if TYPE_CHECKING:
     from sae_lens import SAE, TrainingSAE
@@ -109,24 +109,6 @@ def run_bounds(doc: Int[np.ndarray, " n"], pos: Int[np.ndarray, " n"]) -> tuple[
     ends = np.concatenate([breaks - 1, [n - 1]])
     run = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [n]])))
     return starts[run], ends[run]
-
-
-@torch.no_grad()
-def logit_effects(
-    sae: "SAE | TrainingSAE", model: "TransformerBridge", k: int = N_LOGITS, batch: int = 256,
-) -> tuple[Int[Tensor, "d_sae k"], Float[Tensor, "d_sae k"], Int[Tensor, "d_sae k"], Float[Tensor, "d_sae k"]]:
-    """Each feature's direct logit effect ``(W_dec[f] ⊙ γ_final) · W_U``: the ``k`` most promoted tokens
-    and values, then the ``k`` most suppressed (the same quantity as
-    :func:`mechdemo.sae.promoted_tokens`, for every feature, ``batch`` features at a time)."""
-    gamma = model.ln_final.original_component.weight.detach().float().cpu()
-    W_U = model.W_U.detach().float().cpu()
-    W_dec = sae.W_dec.detach().float().cpu()
-    parts = []
-    for start in range(0, len(W_dec), batch):
-        logits = (W_dec[start : start + batch] * gamma) @ W_U  # [b, vocab]
-        up, down = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
-        parts.append((up.indices, up.values, down.indices, down.values))
-    return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -204,7 +186,7 @@ def compute_browser(
     rows, feats, values = rows[keep], feats[keep], values[keep]
     bounds = np.searchsorted(feats, np.arange(shown + 1))  # feature f's triples: [bounds[f], bounds[f+1])
     start_of, end_of = run_bounds(doc, pos)
-    up_ids, up_v, down_ids, down_v = (t[:shown].numpy() for t in logit_effects(sae, model))
+    up_ids, up_v, down_ids, down_v = (t[:shown].numpy() for t in logit_effects(sae, model, k=N_LOGITS))
     nn_ids, nn_cos = (t.numpy() for t in decoder_neighbours(sae, among=shown))
 
     vocab_ids = np.unique(np.concatenate([token_ids, up_ids.ravel(), down_ids.ravel()]))
@@ -329,10 +311,10 @@ def write_site(
             files.append(rel)
 
         meta = data["meta"]
+        template = (ASSETS / "page.html").read_text(encoding="utf-8")
         for lang, table in ui.items():
-            for page in PAGES:
-                template = (ASSETS / page).read_text(encoding="utf-8")
-                put(f"{lang}/{page}", template.replace("{{LANG}}", lang)
+            for page in PAGES:  # one template: the script draws the page its <body data-page> names
+                put(f"{lang}/{page}", template.replace("{{LANG}}", lang).replace("{{PAGE}}", page.removesuffix(".html"))
                     .replace("{{TITLE}}", html.escape(meta["title"]))
                     .replace("{{UI_JSON}}", json.dumps(table, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")))
         for asset in ("browser.js", "browser.css"):

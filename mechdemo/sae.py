@@ -498,20 +498,36 @@ def top_activations(
     return best_v, best_i, fired
 
 
+@torch.no_grad()
+def logit_effects(
+    sae: "SAE | TrainingSAE", model: "TransformerBridge", k: int = 10, batch: int = 256,
+    features: Sequence[int] | None = None,
+) -> tuple[Int[Tensor, "d_sae k"], Float[Tensor, "d_sae k"], Int[Tensor, "d_sae k"], Float[Tensor, "d_sae k"]]:
+    """Each feature's direct logit effect ``(W_dec[f] ⊙ γ_final) · W_U``: the ``k`` most promoted tokens
+    and values, then the ``k`` most suppressed, ``batch`` features at a time (``features``: only those)."""
+    gamma = model.ln_final.original_component.weight.detach().float().cpu()
+    W_U = model.W_U.detach().float().cpu()
+    W_dec = sae.W_dec.detach().float().cpu()
+    if features is not None:
+        W_dec = W_dec[list(features)]
+    parts = []
+    for start in range(0, len(W_dec), batch):
+        logits = (W_dec[start : start + batch] * gamma) @ W_U  # [b, vocab]
+        up, down = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
+        parts.append((up.indices, up.values, down.indices, down.values))
+    return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
+
+
 def promoted_tokens(
     sae: "SAE | TrainingSAE", model: "TransformerBridge", features: Sequence[int], k: int = 6
 ) -> list[list[tuple[str, float]]]:
-    """Each feature's direct effect on the logits: ``(W_dec[f] ⊙ γ_final) · W_U``, top ``k`` tokens.
+    """Each feature's direct effect on the logits (:func:`logit_effects`): its top ``k`` tokens, decoded.
 
     The decoder direction is what the feature adds to the residual stream; scaling by the final
     norm's weight and projecting on the unembedding gives the tokens it pushes up directly (ignoring
     later layers and the norm's division, as in Anthropic's feature pages).
     """
-    gamma = model.ln_final.original_component.weight.detach().float().cpu()
-    W_U = model.W_U.detach().float().cpu()
-    W_dec = sae.W_dec.detach().float().cpu()
-    logits = (W_dec[list(features)] * gamma) @ W_U  # [f, vocab]
-    values, ids = logits.topk(k, dim=1)
+    ids, values, _, _ = logit_effects(sae, model, k=k, features=features)
     return [[(model.tokenizer.decode([int(t)]), float(v)) for t, v in zip(row_ids, row_v)]
             for row_ids, row_v in zip(ids, values)]
 
