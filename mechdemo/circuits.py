@@ -17,7 +17,7 @@ query head ``h`` uses key/value head ``h // (n_heads // n_kv_heads)`` (Hugging F
 mean of x first), and the logits read ``final_norm(x) W_U``. With ``fold_norms=True`` (the default)
 the norms' weights are folded into the circuits (``diag(γ) W_Q``, ``diag(γ_final) W_U``; for
 LayerNorm also the centring projection), as TransformerLens's ``fold_ln`` does, so the circuits
-act on unit-scale residual directions. The per-token scale ``1 / rms(x)`` is dropped: it is a
+act on unit-scale residual directions (:func:`mechdemo.readout.norm_map`, the readout's own fold). The per-token scale ``1 / rms(x)`` is dropped: it is a
 positive number per position, so it changes no ranking and no sign. Biases are ignored.
 
 **Full circuits** go from tokens to tokens: ``E W_OV U`` (``E`` the embedding of the source
@@ -45,6 +45,7 @@ from torch import Tensor
 from transformer_lens import FactoredMatrix
 
 from mechdemo.errors import OutOfRangeError
+from mechdemo.readout import folded_unembedding, norm_map
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -65,16 +66,6 @@ def kv_head(model: "TransformerBridge", head: int) -> int:
     return head // (model.cfg.n_heads // n_kv)
 
 
-def _norm_fold(norm_module, d_model: int) -> Float[Tensor, "d_model d_model"]:
-    """The linear map a norm applies to a unit-scale vector: diag(γ), after centring for LayerNorm."""
-    hf = norm_module.original_component
-    fold = torch.diag(hf.weight.detach().float())
-    if getattr(hf, "bias", None) is not None:  # LayerNorm: x - mean(x) first
-        centre = torch.eye(d_model) - torch.full((d_model, d_model), 1.0 / d_model)
-        fold = centre @ fold
-    return fold
-
-
 def head_weights(
     model: "TransformerBridge", fold_norms: bool = True
 ) -> dict[str, Float[Tensor, "n_layers n_heads ..."]]:
@@ -89,7 +80,7 @@ def head_weights(
     W_V = model.W_V.detach().float().cpu()[:, idx]
     W_O = model.W_O.detach().float().cpu()
     if fold_norms:
-        folds = torch.stack([_norm_fold(model.blocks[l].ln1, cfg.d_model) for l in range(cfg.n_layers)])
+        folds = torch.stack([norm_map(model.blocks[l].ln1, cfg.d_model) for l in range(cfg.n_layers)])
         W_Q = torch.einsum("lde,lhef->lhdf", folds, W_Q)
         W_K = torch.einsum("lde,lhef->lhdf", folds, W_K)
         W_V = torch.einsum("lde,lhef->lhdf", folds, W_V)
@@ -109,8 +100,8 @@ def ov_circuit(model: "TransformerBridge", fold_norms: bool = True) -> FactoredM
 
 
 def unembedding(model: "TransformerBridge", fold_norms: bool = True) -> Float[Tensor, "d_model d_vocab"]:
-    W_U = model.W_U.detach().float().cpu()
-    return _norm_fold(model.ln_final, model.cfg.d_model) @ W_U if fold_norms else W_U
+    """``W_U``, with the final norm folded in by default (:func:`mechdemo.readout.folded_unembedding`)."""
+    return folded_unembedding(model) if fold_norms else model.W_U.detach().float().cpu()
 
 
 def effective_embedding(

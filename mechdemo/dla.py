@@ -13,7 +13,8 @@ the value it took on the actual run (cached from the clean forward pass) it is:
 
 So each component ``c`` contributes ``(γ ⊙ centre(c) / scale) · (W_U[:, IO] - W_U[:, S])`` to the
 logit difference, and the contributions plus a constant (``β`` and the unembedding bias, zero for
-Llama) add up to the model's logit difference exactly. :func:`direct_logit_attribution` checks
+Llama) add up to the model's logit difference exactly. The frozen readout is
+:func:`mechdemo.readout.frozen_readout`, the one every linear reading of the residual stream uses. :func:`direct_logit_attribution` checks
 that they do and raises if not.
 
 DLA measures direct effects only: a head that matters through later heads (S-inhibition heads
@@ -28,6 +29,9 @@ from typing import TYPE_CHECKING
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from mechdemo.interventions import run, site
+from mechdemo.readout import answer_directions, frozen_readout, readout_constant
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -59,12 +63,12 @@ class DLA:
         }
 
 
-def _hook_names(model: "TransformerBridge") -> list[str]:
-    names = ["hook_embed", "ln_final.hook_scale", "ln_final.hook_in"]
+def _sites(model: "TransformerBridge") -> list[str]:
+    names = [site("embed"), site("final_scale")]
     if model.cfg.positional_embedding_type == "standard":
-        names.append("hook_pos_embed")
+        names.append(site("pos_embed"))
     for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+        names += [site("z", layer), site("attn_out", layer), site("mlp_out", layer)]
     return names
 
 
@@ -81,43 +85,29 @@ def direct_logit_attribution(
     ``fwd_hooks`` (e.g. mean-ablation hooks) are active during the run being decomposed.
     """
     cfg = model.cfg
-    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
-        logits, cache = model.run_with_cache(tokens.to(cfg.device), names_filter=_hook_names(model))
+    with torch.no_grad():
+        logits, cache = run(model, tokens, fwd_hooks, names=_sites(model))
     end = tokens.shape[1] - 1
     rows = torch.arange(tokens.shape[0])
     total = (logits[rows, end, correct.to(logits.device)] - logits[rows, end, incorrect.to(logits.device)]).float().cpu()
-
-    norm = model.ln_final.original_component
-    gamma = norm.weight.detach().float().cpu()
-    beta = norm.bias.detach().float().cpu() if getattr(norm, "bias", None) is not None else None
-    W_U = model.W_U.detach().float().cpu()
-    direction = (W_U[:, correct] - W_U[:, incorrect]).T * gamma  # [n, d_model]
-    scale = cache["ln_final.hook_scale"][:, end].float().cpu()  # [n, 1]
+    unembed, bias_diff = answer_directions(model, correct, incorrect)  # [n, d_model], [n]
+    scale = cache[site("final_scale")][:, end]  # [n, 1]: the final norm's scale on this run, frozen
 
     def project(x: Tensor) -> Tensor:  # x: [n, ..., d_model] at the end position
-        x = x.float().cpu()
-        if beta is not None:  # LayerNorm centres each vector before scaling
-            x = x - x.mean(-1, keepdim=True)
-        shape = (x.shape[0],) + (1,) * (x.ndim - 2)
-        return (x * direction.view(x.shape[0], *([1] * (x.ndim - 2)), -1)).sum(-1) / scale.view(shape)
+        return frozen_readout(model, x, scale, unembed)
 
-    embed = cache["hook_embed"][:, end]
-    if "hook_pos_embed" in cache:
-        embed = embed + cache["hook_pos_embed"][:, end].to(embed.device)
+    embed = cache[site("embed")][:, end]
+    if site("pos_embed") in cache:
+        embed = embed + cache[site("pos_embed")][:, end].to(embed.device)
     W_O = model.W_O.detach()  # [L, H, d_head, d_model]
     heads, attn_bias, mlp = [], [], []
     for layer in range(cfg.n_layers):
-        z = cache[f"blocks.{layer}.attn.hook_z"][:, end]  # [n, H, d_head]
+        z = cache[site("z", layer)][:, end]  # [n, H, d_head]
         out = torch.einsum("nhe,hed->nhd", z, W_O[layer].to(z.device))  # per-head output [n, H, d_model]
         heads.append(project(out))
-        attn_bias.append(project(cache[f"blocks.{layer}.hook_attn_out"][:, end] - out.sum(1)))
-        mlp.append(project(cache[f"blocks.{layer}.hook_mlp_out"][:, end]))
-    constant = torch.zeros_like(total)
-    if beta is not None:
-        constant += ((W_U[:, correct] - W_U[:, incorrect]).T * beta).sum(-1)
-    b_U = getattr(model, "b_U", None)
-    if b_U is not None:
-        constant += (b_U[correct.to(b_U.device)] - b_U[incorrect.to(b_U.device)]).detach().float().cpu()
+        attn_bias.append(project(cache[site("attn_out", layer)][:, end] - out.sum(1)))
+        mlp.append(project(cache[site("mlp_out", layer)][:, end]))
+    constant = readout_constant(model, unembed, bias_diff)
     result = DLA(torch.stack(heads, 1), torch.stack(attn_bias, 1), torch.stack(mlp, 1), project(embed), constant, total)
     error = (result.parts_sum() - total).abs().max().item()
     if error > atol * max(1.0, total.abs().max().item()):

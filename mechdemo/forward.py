@@ -15,8 +15,7 @@ is not supported), so this module runs its blocks itself:
   (a KV cache, as in generation), and :func:`run_blocks` runs positions ``d..`` only. Patching uses
   it for the positions before the first token where clean and corrupted prompts differ: by
   causality their activations are identical in both runs, so they never need recomputing;
-* :func:`logit_diff_from_resid` reads the final residual stream at one position through the
-  final norm and the two unembedding columns.
+* the logits are read from the final residual stream by :mod:`mechdemo.readout`.
 
 The tests check that running from any layer reproduces the full forward pass exactly, for the
 GPT-2 (LayerNorm, learned positions) and Llama (RMSNorm, RoPE, GQA) code paths.
@@ -200,34 +199,3 @@ def hooks(model: "TransformerBridge", fwd_hooks: Sequence[Hook] = ()) -> Iterato
         for point in added:
             point.remove_hooks(dir="fwd", level=level)
         model.context_level = level - 1
-
-
-def final_norm(model: "TransformerBridge", resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-    """The model's final LayerNorm / RMSNorm (its Hugging Face module: same numerics as the forward)."""
-    return model.ln_final.original_component(resid)
-
-
-def logits_from_resid(
-    model: "TransformerBridge", resid: Float[Tensor, "... d_model"]
-) -> Float[Tensor, "... d_vocab"]:
-    """The logits from the final residual stream: final norm, then the unembedding."""
-    logits = final_norm(model, resid) @ model.W_U.to(resid.dtype)
-    b_U = getattr(model, "b_U", None)
-    return logits + b_U.to(logits.dtype) if b_U is not None else logits
-
-
-def logit_diff_from_resid(
-    model: "TransformerBridge",
-    resid_end: Float[Tensor, "batch d_model"],
-    correct: Int[Tensor, " batch"],
-    incorrect: Int[Tensor, " batch"],
-) -> Float[Tensor, " batch"]:
-    """``logit[correct] - logit[incorrect]`` from the final residual stream at the answer position."""
-    normed = final_norm(model, resid_end)
-    W_U = model.W_U
-    direction = W_U[:, correct.to(W_U.device)] - W_U[:, incorrect.to(W_U.device)]  # [d_model, batch]
-    diff = (normed * direction.T.to(normed.dtype)).sum(-1)
-    b_U = getattr(model, "b_U", None)
-    if b_U is not None:
-        diff = diff + (b_U[correct.to(b_U.device)] - b_U[incorrect.to(b_U.device)]).to(diff.dtype)
-    return diff

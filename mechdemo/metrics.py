@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechdemo.forward import logit_diff_from_resid, logits_from_resid
+from mechdemo.readout import logit_diff_from_resid, logits_from_resid
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -90,7 +90,7 @@ class LogitDifference(Metric):
         return logits_end[i, c] - logits_end[i, w]
 
     def from_resid(self, model, resid_end, rows=None):
-        """Two columns of the unembedding instead of all of them (:func:`mechdemo.forward.logit_diff_from_resid`)."""
+        """Two columns of the unembedding instead of all of them (:func:`mechdemo.readout.logit_diff_from_resid`)."""
         r = _rows(rows, resid_end.shape[0], self.correct.device)
         return logit_diff_from_resid(model, resid_end, self.correct[r], self.incorrect[r])
 

@@ -48,7 +48,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechdemo.forward import BlockContext, block_context, logits_from_resid, run_blocks
+from mechdemo.forward import BlockContext, block_context, run_blocks
+from mechdemo.readout import logits_from_resid
 from mechdemo.metrics import Metric, make_metric, normalize
 
 if TYPE_CHECKING:

@@ -403,7 +403,8 @@ def spliced_losses(
     import torch.nn.functional as F
 
     from mechdemo.activations import check_layer
-    from mechdemo.forward import block_context, logits_from_resid, run_blocks
+    from mechdemo.forward import block_context, run_blocks
+    from mechdemo.readout import logits_from_resid
 
     check_layer(model, layer)
     device = model.cfg.device
@@ -503,16 +504,17 @@ def logit_effects(
     sae: "SAE | TrainingSAE", model: "TransformerBridge", k: int = 10, batch: int = 256,
     features: Sequence[int] | None = None,
 ) -> tuple[Int[Tensor, "d_sae k"], Float[Tensor, "d_sae k"], Int[Tensor, "d_sae k"], Float[Tensor, "d_sae k"]]:
-    """Each feature's direct logit effect ``(W_dec[f] ⊙ γ_final) · W_U``: the ``k`` most promoted tokens
-    and values, then the ``k`` most suppressed, ``batch`` features at a time (``features``: only those)."""
-    gamma = model.ln_final.original_component.weight.detach().float().cpu()
-    W_U = model.W_U.detach().float().cpu()
+    """Each feature's direct logit effect, :func:`mechdemo.readout.direction_logits` of its decoder row
+    (``(centre(W_dec[f]) ⊙ γ_final) · W_U``, the centring for LayerNorm models): the ``k`` most promoted
+    tokens and values, then the ``k`` most suppressed, ``batch`` features at a time (``features``: only those)."""
+    from mechdemo.readout import direction_logits
+
     W_dec = sae.W_dec.detach().float().cpu()
     if features is not None:
         W_dec = W_dec[list(features)]
     parts = []
     for start in range(0, len(W_dec), batch):
-        logits = (W_dec[start : start + batch] * gamma) @ W_U  # [b, vocab]
+        logits = direction_logits(model, W_dec[start : start + batch])  # [b, vocab]
         up, down = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
         parts.append((up.indices, up.values, down.indices, down.values))
     return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]

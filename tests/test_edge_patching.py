@@ -193,7 +193,7 @@ def test_the_full_graph_scores_one_and_the_empty_circuit_zero_for_any_metric(arc
         else:
             with torch.no_grad():
                 clean_end = ep.forward_to_final_resid(model, p.clean)[:, -1]
-                from mechdemo.forward import logits_from_resid
+                from mechdemo.readout import logits_from_resid
 
                 m = KLToClean(logits_from_resid(model, clean_end))
         regrouped.append(ep.PromptPairs(p.clean, p.corrupted, m))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechdemo.forward import block_context, logit_diff_from_resid, run_blocks
+from mechdemo.forward import block_context, run_blocks
+from mechdemo.readout import logit_diff_from_resid
 
 PROMPTS = ["When Mary and John went to the store, John gave a drink to",
            "When Tom and Anna went to the park, Anna gave a ball to"]
