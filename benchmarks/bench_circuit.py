@@ -26,8 +26,9 @@ def main(sample_edges: int = 20) -> None:
     from mechdemo.circuit_discovery import ioi_pairs, ioi_prompt_sets
     from mechdemo.edge_attribution import IG_STEPS, edge_scores
     from mechdemo.edge_patching import (
-        Graph, baselines, faithfulness, forward_to_final_resid, graph_hooks, prune, sender_outputs, top_edges,
+        Graph, baselines, faithfulness, forward_to_final_resid, prune, sender_outputs, top_edges,
     )
+    from mechdemo.interventions import switches_on
     from mechdemo.models import load_model
 
     model = load_model(device="cpu")
@@ -77,7 +78,7 @@ def main(sample_edges: int = 20) -> None:
         else:
             kind = "q" if j < graph.n_heads else "k" if j < graph.n_heads + graph.n_kv_heads else "v"
             hooks, final = [(f"blocks.{layer}.attn.hook_{kind}_input", lambda act, hook: act + delta[:, :, None])], None
-        with torch.no_grad(), graph_hooks(model), model.hooks(fwd_hooks=hooks):
+        with torch.no_grad(), switches_on(model), model.hooks(fwd_hooks=hooks):  # TransformerLens's own hooks
             forward_to_final_resid(model, b.pairs.clean, final_hook=final)
     per_edge = (time.perf_counter() - t0) / sample_edges * len(base)  # every prompt group
     print(f"TransformerLens-style, one forward per removed edge: {per_edge:.2f} s per edge (measured on "

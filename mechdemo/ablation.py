@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechdemo.interventions import replace, run, site, sites
 from mechdemo.metrics import logit_diff
 
 if TYPE_CHECKING:
@@ -32,9 +33,9 @@ def mean_head_outputs(
     model: "TransformerBridge", reference_tokens: Int[Tensor, "n pos"]
 ) -> Float[Tensor, "n_layers pos n_heads d_head"]:
     """Each head's ``z`` averaged over the reference prompts, per position."""
-    names = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    names = sites("z", range(model.cfg.n_layers))
     with torch.no_grad():
-        _, cache = model.run_with_cache(reference_tokens.to(model.cfg.device), names_filter=names)
+        _, cache = run(model, reference_tokens, names=names)
     return torch.stack([cache[n].mean(0) for n in names])
 
 
@@ -43,14 +44,8 @@ def mean_ablation_hooks(means: Tensor, heads: Iterable[Head]) -> list:
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
-    hooks = []
-    for layer, hs in by_layer.items():
-        def hook(act, hook, layer=layer, hs=sorted(hs)):
-            act[:, :, hs] = means[layer][None, :, hs].to(act.dtype)
-            return act
-
-        hooks.append((f"blocks.{layer}.attn.hook_z", hook))
-    return hooks
+    return [replace(site("z", layer), means[layer][None, :, sorted(hs)], (slice(None), slice(None), sorted(hs)))
+            for layer, hs in by_layer.items()]
 
 
 def logit_diff_with_ablation(
@@ -63,7 +58,7 @@ def logit_diff_with_ablation(
 ) -> Float[Tensor, " n"]:
     """Per-prompt logit difference with ``ablated`` heads mean-ablated."""
     with torch.no_grad():
-        logits = model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=mean_ablation_hooks(means, ablated))
+        logits, _ = run(model, tokens, mean_ablation_hooks(means, ablated))
     return logit_diff(logits, correct, incorrect).float().cpu()
 
 

@@ -2,9 +2,9 @@
 
 The course's guide hooks the output of the n-th MLP of Llama 3.2 1B with
 ``model.model.layers[n].mlp.register_forward_hook`` and studies it. :func:`record` does the same
-on any supported model (``model.blocks[n].mlp`` is the MLP of layer n for GPT-2 and Llama alike),
-or on any TransformerLens hook point, and always removes its hooks, also when the forward pass
-raises. :func:`mlp_outputs` is the one-call version.
+on any supported model, at the site ``mlp_out`` of layer n (the MLP's output, for GPT-2 and Llama
+alike) or at any other site (:mod:`mechdemo.interventions`), and always removes its hooks, also
+when the forward pass raises. :func:`mlp_outputs` is the one-call version.
 
 Statistics (:func:`describe`) are per layer over all tokens and dimensions: mean, standard
 deviation, excess kurtosis (0 for a Gaussian; large when a few values are huge) and the
@@ -23,7 +23,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechdemo import interventions
 from mechdemo.errors import OutOfRangeError
+from mechdemo.interventions import recorder, site
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -69,7 +71,8 @@ def check_layer(model: "TransformerBridge", layer: int) -> None:
 def record(
     model: "TransformerBridge", layers: Sequence[int] = (), hook_points: Sequence[str] = ()
 ) -> Iterator[dict[str, Tensor]]:
-    """Record MLP outputs of ``layers`` (keys ``mlp.{n}``) and any ``hook_points`` (their names) while in the block.
+    """Record MLP outputs of ``layers`` (keys ``mlp.{n}``) and any ``hook_points`` (site names, see
+    :mod:`mechdemo.interventions`) while in the block.
 
     The values are detached tensors of the last forward pass. Hooks are removed on exit, whatever happens.
     """
@@ -77,33 +80,23 @@ def record(
         check_layer(model, layer)
     unknown = [name for name in hook_points if name not in model.hook_dict]
     if unknown:
-        raise KeyError(f"unknown hook point(s) {unknown}; e.g. blocks.0.hook_resid_pre, blocks.0.attn.hook_pattern")
+        raise KeyError(f"unknown hook point(s) {unknown}; e.g. {site('resid_pre', 0)}, {site('pattern', 0)}")
     store: dict[str, Tensor] = {}
-    handles = []
-    try:
-        for layer in layers:
-            def keep(module, inputs, output, key=f"mlp.{layer}"):
-                store[key] = (output[0] if isinstance(output, tuple) else output).detach()
-
-            handles.append(model.blocks[layer].mlp.register_forward_hook(keep))
-        for name in hook_points:
-            def keep_point(module, inputs, output, key=name):
-                store[key] = output.detach()
-
-            handles.append(model.hook_dict[name].register_forward_hook(keep_point))
+    keep = [recorder(store, site("mlp_out", layer), key=f"mlp.{layer}") for layer in layers]
+    with interventions.hooks(model, keep + [recorder(store, name) for name in hook_points]):
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def mlp_outputs(
     model: "TransformerBridge", tokens: Int[Tensor, "batch pos"], layers: Sequence[int]
 ) -> dict[int, Float[Tensor, "batch pos d_model"]]:
     """MLP outputs of ``layers`` on ``tokens`` (one forward pass, stopped after the last needed layer)."""
-    with record(model, layers=layers) as store, torch.no_grad():
-        model(tokens.to(model.cfg.device), stop_at_layer=max(layers) + 1)
-    return {layer: store[f"mlp.{layer}"] for layer in layers}
+    for layer in layers:
+        check_layer(model, layer)
+    names = {layer: site("mlp_out", layer) for layer in layers}
+    with torch.no_grad():
+        _, store = interventions.run(model, tokens, names=list(names.values()), stop_at_layer=max(layers) + 1)
+    return {layer: store[name] for layer, name in names.items()}
 
 
 def describe(x: Float[Tensor, "n d"], n_outliers: int = 5) -> dict:

@@ -45,6 +45,7 @@ from torch import Tensor
 from transformer_lens import FactoredMatrix
 
 from mechdemo.errors import OutOfRangeError
+from mechdemo.interventions import run, site
 from mechdemo.readout import folded_unembedding, norm_map
 
 if TYPE_CHECKING:
@@ -220,13 +221,8 @@ def mean_score_by_offset(
     preference of a head, for any kind of positional encoding.
     """
     check_head(model, layer, head)
-    store = {}
-
-    def hook(scores, hook):
-        store["s"] = scores[:, head].detach().float().cpu()
-
+    name = site("attn_scores", layer)
     with torch.no_grad():
-        model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(f"blocks.{layer}.attn.hook_attn_scores", hook)],
-                             return_type=None)
-    s = store["s"]  # [batch, q, k]
+        _, cache = run(model, tokens, stop_after=name)  # the later layers are not needed
+    s = cache[name][:, head].float().cpu()  # [batch, q, k]
     return torch.stack([s.diagonal(offset=-o, dim1=-2, dim2=-1)[:, 1:].mean() for o in range(max_offset + 1)])

@@ -33,7 +33,7 @@ one that pushes it the right way (negative name movers in IOI). :mod:`mechdemo.c
 builds circuits from the top edges and measures them by real edge patching.
 
 Why not a library: Hanna et al.'s ``eap`` package (github.com/hannamw/EAP-IG) is not on PyPI and is
-built on HookedTransformer; the bridge's own hooks (:func:`mechdemo.edge_patching.graph_hooks`)
+built on HookedTransformer; the bridge's own hooks (:func:`mechdemo.interventions.switches_on`)
 give the same per-head Q/K/V inputs, so the method fits in this module, on one graph shared with
 the exact evaluation.
 """
@@ -47,6 +47,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechdemo.interventions import site
 from mechdemo.edge_patching import Graph, PromptPairs, Suffix, run_suffix, sender_outputs, suffix_of
 
 if TYPE_CHECKING:
@@ -141,12 +142,12 @@ def _accumulate(
         start = corrupted_input.to(device=act.device, dtype=act.dtype)
         return start + alpha * (act - start)
 
-    hooks = [("blocks.0.hook_resid_pre", interpolate)]
+    hooks = [(site("resid_pre", 0), interpolate)]
     for layer in range(graph.n_layers):
         up = graph.before(layer)
         for kind, cols in (("q", graph.q(layer)), ("k", graph.k(layer)), ("v", graph.v(layer))):
-            hooks.append((f"blocks.{layer}.attn.hook_{kind}_input", probe(up, cols)))
-        hooks.append((f"blocks.{layer}.hook_mlp_in", probe(up + H, graph.mlp_in(layer))))
+            hooks.append((site(f"{kind}_input", layer), probe(up, cols)))
+        hooks.append((site("mlp_resid_in", layer), probe(up + H, graph.mlp_in(layer))))
     final = probe(graph.n_senders, graph.logits)
     with torch.enable_grad():
         resid = run_suffix(model, suffix, hooks, final_hook=lambda act: final(act, None))

@@ -35,30 +35,28 @@ keys and values are cached once (:class:`Suffix`, as in :mod:`mechdemo.patching`
 TransformerLens-style patching, one hooked forward pass per edge, would need ~70,000 for
 SmolLM2-135M (``benchmarks/bench_circuit.py`` measures both). The hook points are TransformerBridge's own: per-head Q/K/V inputs
 (``use_split_qkv_input``), per-head outputs (``use_attn_result``) and the MLP input
-(``use_hook_mlp_in``), switched on only inside :func:`graph_hooks`.
+(``use_hook_mlp_in``), switched on around every run here (:func:`mechdemo.interventions.switches_on`).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from mechdemo.forward import BlockContext, block_context, run_blocks
-from mechdemo.forward import hooks as fast_hooks
+from mechdemo.interventions import run, site, switches_on
 from mechdemo.metrics import Metric, normalize
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-FLAGS = ("use_split_qkv_input", "use_attn_result", "use_hook_mlp_in")
-INPUT_HOOK = "blocks.0.hook_resid_pre"
-FINAL_HOOK = "ln_final.hook_in"
+INPUT = site("resid_pre", 0)  # the embeddings: the input node's output
+FINAL = site("final")  # the logits' receiver
 
 
 @dataclass(frozen=True)
@@ -179,48 +177,21 @@ class Graph:
         return torch.zeros(self.n_senders, self.n_receivers, dtype=torch.bool)
 
 
-@contextmanager
-def graph_hooks(model: "TransformerBridge") -> Iterator[None]:
-    """Switch on the bridge's per-head Q/K/V inputs, per-head outputs and MLP-input hooks; restore after."""
-    setters = {"use_split_qkv_input": model.set_use_split_qkv_input, "use_attn_result": model.set_use_attn_result,
-               "use_hook_mlp_in": model.set_use_hook_mlp_in}
-    before = {flag: bool(getattr(model.cfg, flag, False)) for flag in FLAGS}
-    try:
-        for flag in FLAGS:
-            if not before[flag]:
-                setters[flag](True)
-        yield
-    finally:
-        for flag in FLAGS:
-            if not before[flag]:
-                setters[flag](False)
-
-
-class _Stop(Exception):
-    """Raised at the final residual stream: the unembedding of every position is not needed."""
-
-
 def forward_to_final_resid(
     model: "TransformerBridge", tokens: Int[Tensor, "n pos"], hooks: Sequence[tuple[str, Callable]] = (),
     final_hook: Callable[[Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "n pos d_model"]:
-    """Run ``tokens`` with ``hooks`` up to the final residual stream (the input of the final norm).
+    """Run ``tokens`` with ``hooks`` up to the final residual stream (the input of the final norm:
+    the unembedding of every position is not needed).
 
     ``final_hook`` may change that residual stream (the logits' receiver); gradients flow through
     the result as usual.
     """
-    kept: dict[str, Tensor] = {}
-
-    def stop(act, hook):
-        kept["resid"] = final_hook(act) if final_hook is not None else act
-        raise _Stop
-
-    try:
-        with fast_hooks(model, [*hooks, (FINAL_HOOK, stop)]):
-            model(tokens.to(model.cfg.device))
-    except _Stop:
-        pass
-    return kept["resid"]
+    hooks = list(hooks)
+    if final_hook is not None:
+        hooks.append((FINAL, lambda act, hook: final_hook(act)))
+    _, kept = run(model, tokens, hooks, stop_after=FINAL)
+    return kept[FINAL]
 
 
 def sender_outputs(
@@ -237,12 +208,12 @@ def sender_outputs(
 
         return hook
 
-    hooks = [(INPUT_HOOK, keep(0))]
+    hooks = [(INPUT, keep(0))]
     for layer in range(graph.n_layers):
-        hooks.append((f"blocks.{layer}.attn.hook_result",
+        hooks.append((site("result", layer),
                       keep(slice(graph.head(layer, 0), graph.head(layer, 0) + graph.n_heads), heads=True)))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", keep(graph.mlp(layer))))
-    with torch.no_grad(), graph_hooks(model):
+        hooks.append((site("mlp_out", layer), keep(graph.mlp(layer))))
+    with torch.no_grad(), switches_on(model):
         forward_to_final_resid(model, tokens, hooks)
     return out
 
@@ -300,7 +271,7 @@ def suffix_of(model: "TransformerBridge", pairs: PromptPairs) -> Suffix:
         return act
 
     with torch.no_grad():
-        forward_to_final_resid(model, pairs.clean, [(INPUT_HOOK, keep)])
+        forward_to_final_resid(model, pairs.clean, [(INPUT, keep)])
     return Suffix(pairs, block_context(model, pairs.clean, prefix_len=p), kept["x"][:, p:])
 
 
@@ -309,8 +280,8 @@ def run_suffix(
     final_hook: Callable[[Tensor], Tensor] | None = None,
 ) -> Float[Tensor, "n suffix d_model"]:
     """The final residual stream at the suffix positions of the clean prompts, with ``hooks`` (under
-    :func:`graph_hooks`: the hooks see suffix positions only) and ``final_hook`` on the result."""
-    with graph_hooks(model):
+    :func:`mechdemo.interventions.switches_on`: the hooks see suffix positions only) and ``final_hook`` on the result."""
+    with switches_on(model):
         final = run_blocks(model, suffix.clean_input, 0, suffix.context, fwd_hooks=hooks)
     return final_hook(final) if final_hook is not None else final
 
@@ -341,8 +312,8 @@ def _corrupted_resid(model: "TransformerBridge", graph: Graph, tokens: Int[Tenso
 
     hooks = []
     for layer in range(graph.n_layers):
-        hooks += [(f"blocks.{layer}.hook_resid_pre", keep), (f"blocks.{layer}.hook_mlp_in", keep)]
-    with torch.no_grad(), graph_hooks(model):
+        hooks += [(site("resid_pre", layer), keep), (site("mlp_resid_in", layer), keep)]
+    with torch.no_grad(), switches_on(model):
         final = forward_to_final_resid(model, tokens, hooks)
     return torch.stack([*out, final.float().cpu()])
 
@@ -354,7 +325,7 @@ def baselines(model: "TransformerBridge", graph: Graph, pairs: Sequence[PromptPa
         suffix = suffix_of(model, p)
         values = []
         for tokens in (p.clean, p.corrupted):
-            with torch.no_grad(), graph_hooks(model):  # the numerics of the patched runs (per-head norms)
+            with torch.no_grad(), switches_on(model):  # the numerics of the patched runs (per-head norms)
                 resid = forward_to_final_resid(model, tokens)
             values.append(p.metric.from_resid(model, resid[:, -1]).float().mean().item())
         start = suffix.prefix
@@ -425,15 +396,15 @@ def edge_patched_resid(
 
         return hook
 
-    hooks = [(INPUT_HOOK, record(0))]
+    hooks = [(INPUT, record(0))]
     for layer in range(graph.n_layers):
         up = graph.before(layer)
         for kind, cols in (("q", graph.q(layer)), ("k", graph.k(layer)), ("v", graph.v(layer))):
-            hooks.append((f"blocks.{layer}.attn.hook_{kind}_input", add(up, cols, 2 * layer, True)))
+            hooks.append((site(f"{kind}_input", layer), add(up, cols, 2 * layer, True)))
         heads = slice(graph.head(layer, 0), graph.head(layer, 0) + H)
-        hooks.append((f"blocks.{layer}.attn.hook_result", record(heads, heads=True)))
-        hooks.append((f"blocks.{layer}.hook_mlp_in", add(up + H, graph.mlp_in(layer), 2 * layer + 1, False)))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", record(graph.mlp(layer))))
+        hooks.append((site("result", layer), record(heads, heads=True)))
+        hooks.append((site("mlp_resid_in", layer), add(up + H, graph.mlp_in(layer), 2 * layer + 1, False)))
+        hooks.append((site("mlp_out", layer), record(graph.mlp(layer))))
     final = add(graph.n_senders, graph.logits, 2 * graph.n_layers, False)
     suffix = base.suffix
     if copies > 1:

@@ -23,18 +23,18 @@ GPT-2 (LayerNorm, learned positions) and Llama (RMSNorm, RoPE, GQA) code paths.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechdemo.interventions import Hook, hooks
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-Hook = tuple[str, Callable]
 
 
 @dataclass
@@ -162,40 +162,3 @@ def run_blocks(
             out = model.blocks[layer](resid, *args, **kwargs)
             resid = out[0] if isinstance(out, tuple) else out
     return resid
-
-
-@contextmanager
-def hooks(model: "TransformerBridge", fwd_hooks: Sequence[Hook] = ()) -> Iterator[None]:
-    """``model.hooks(fwd_hooks=...)`` with every hook name resolved once.
-
-    TransformerBridge's context manager rebuilds its hook dictionary for every hook it adds (~25 ms
-    each on this CPU): 4 s for the ~180 hooks of one edge-patched forward pass, eight times the pass
-    itself. Same semantics here (aliases, the gating check, removal of exactly these hooks on exit),
-    one dictionary per call."""
-    from transformer_lens.model_bridge.bridge import build_alias_to_canonical_map
-
-    if not fwd_hooks:
-        yield
-        return
-    hook_dict = model.hook_dict
-    aliases = build_alias_to_canonical_map(hook_dict)
-    level = model.context_level + 1
-    added = []
-    try:
-        model.context_level = level
-        for name, fn in fwd_hooks:
-            canonical = aliases.get(name, name)
-            if canonical not in hook_dict:
-                raise ValueError(f"no hook point {name!r} in {model.cfg.model_name}")
-            model.check_hooks_to_add(canonical)
-            point = hook_dict[canonical]
-            if getattr(model, "compatibility_mode", False) and canonical != point.name and point.name is not None:
-                point.add_hook(fn, dir="fwd", level=level, alias_names=[point.name, canonical])
-            else:
-                point.add_hook(fn, dir="fwd", level=level)
-            added.append(point)
-        yield
-    finally:
-        for point in added:
-            point.remove_hooks(dir="fwd", level=level)
-        model.context_level = level - 1

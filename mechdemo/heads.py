@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechdemo.interventions import run, site
 from mechdemo.tokens import repeated_random_tokens
 
 if TYPE_CHECKING:
@@ -111,9 +112,8 @@ def head_scores(
 
         return hook
 
-    hooks = [(f"blocks.{layer}.attn.hook_pattern", make_hook(layer)) for layer in range(cfg.n_layers)]
     with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
+        run(model, tokens, [(site("pattern", layer), make_hook(layer)) for layer in range(cfg.n_layers)])
     return scores
 
 

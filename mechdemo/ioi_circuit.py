@@ -25,6 +25,7 @@ from torch import Tensor
 from mechdemo.ablation import faithfulness, mean_ablation_hooks, mean_head_outputs
 from mechdemo.dla import direct_logit_attribution
 from mechdemo.heads import top_heads
+from mechdemo.interventions import site
 from mechdemo.ioi import IOIBatch, ioi_batch
 from mechdemo.patching import prepare_ioi
 from mechdemo.path_patching import path_patch_each_head
@@ -58,7 +59,7 @@ def attention_between(run, batch: IOIBatch, query: str, key: str) -> Float[Tenso
     rows = torch.arange(len(batch))
     q, k = batch.positions[query], batch.positions[key]
     return torch.stack([
-        run.clean[f"blocks.{l}.attn.hook_pattern"][rows, :, q, k].float().mean(0).cpu()
+        run.clean[site("pattern", l)][rows, :, q, k].float().mean(0).cpu()
         for l in range(run.model.cfg.n_layers)
     ])
 

@@ -49,15 +49,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechdemo.forward import BlockContext, block_context, run_blocks
+from mechdemo.interventions import hooks, parse_site, run, site, sites
 from mechdemo.readout import logits_from_resid
 from mechdemo.metrics import Metric, make_metric, normalize
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-# hook suffix inside blocks.{l}. for each patchable head activation, and its head axis
-HEAD_HOOKS = {"z": ("attn.hook_z", 2), "q": ("attn.hook_q", 2), "k": ("attn.hook_k", 2),
-              "v": ("attn.hook_v", 2), "pattern": ("attn.hook_pattern", 1)}
+# the head axis of each patchable head activation (a site of mechdemo.interventions)
+HEAD_AXES = {"z": 2, "q": 2, "k": 2, "v": 2, "pattern": 1}
 MAX_TOKENS_PER_FORWARD = 16_384  # copies x prompts x positions per batched forward pass
 
 
@@ -116,10 +116,9 @@ class PatchingRun:
 
 
 def _cached_names(model: "TransformerBridge") -> list[str]:
-    names = ["ln_final.hook_in"]
+    names = [site("final")]
     for l in range(model.cfg.n_layers):
-        names += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_attn_out", f"blocks.{l}.hook_mlp_out"]
-        names += [f"blocks.{l}.{hook}" for hook, _ in HEAD_HOOKS.values()]
+        names += [site(kind, l) for kind in ("resid_pre", "attn_out", "mlp_out", *HEAD_AXES)]
     return names
 
 
@@ -145,14 +144,14 @@ def prepare(
     caches = []
     for tokens in (clean_tokens, corrupted_tokens):
         with torch.no_grad():
-            _, cache = model.run_with_cache(tokens.to(device), names_filter=names)
-        caches.append({k: v.detach() for k, v in cache.items()})
+            _, cache = run(model, tokens, names=names)
+        caches.append(cache)
     if isinstance(metric, str):
         with torch.no_grad():
-            clean_end = logits_from_resid(model, caches[0]["ln_final.hook_in"][:, -1]) if metric == "kl" else None
+            clean_end = logits_from_resid(model, caches[0][site("final")][:, -1]) if metric == "kl" else None
         metric = make_metric(metric, correct, incorrect, clean_end)
     with torch.no_grad():
-        lds = [metric.from_resid(model, c["ln_final.hook_in"][:, -1]).float().mean().item() for c in caches]
+        lds = [metric.from_resid(model, c[site("final")][:, -1]).float().mean().item() for c in caches]
     if abs(lds[0] - lds[1]) < 1e-6:
         raise ValueError(f"clean and corrupted prompts give the same {metric.name}: nothing to patch")
     differs = (clean_tokens != corrupted_tokens).any(0).nonzero()
@@ -186,7 +185,7 @@ def _run_copies(
     entering ``layer`` instead.
     """
     model = run.model
-    resid0 = run.corrupted[f"blocks.{layer}.hook_resid_pre"][:, run.prefix :]
+    resid0 = run.corrupted[site("resid_pre", layer)][:, run.prefix :]
     per_copy = run.n * run.context.n_run
     chunk = max(1, MAX_TOKENS_PER_FORWARD // per_copy)
     scores = []
@@ -197,7 +196,7 @@ def _run_copies(
             view = resid.view(copies, run.n, *resid.shape[1:])
             for i in range(copies):
                 resid_patch(view[i], first + i)
-        hooks = []
+        edits = []
         if hook_name is not None:
             def hook(act, hook, copies=copies, first=first):
                 view = act.view(copies, run.n, *act.shape[1:])
@@ -205,9 +204,9 @@ def _run_copies(
                     patch(view[i], first + i)
                 return act
 
-            hooks.append((hook_name, hook))
+            edits.append((hook_name, hook))
         with torch.no_grad():
-            final = run_blocks(model, resid, layer, run.context, fwd_hooks=hooks)
+            final = run_blocks(model, resid, layer, run.context, fwd_hooks=edits)
             scores.append(run.copies_metric(final[:, -1]))
     return torch.cat(scores)
 
@@ -217,7 +216,7 @@ def suffix_activation(run: PatchingRun, name: str, which: str = "clean") -> Tens
     act = (run.clean if which == "clean" else run.corrupted)[name]
     if run.prefix == 0:
         return act
-    if name.endswith("hook_pattern"):  # [n, head, query, key]: queries from the prefix on, all keys
+    if parse_site(name)[0] == "pattern":  # [n, head, query, key]: queries from the prefix on, all keys
         return act[:, :, run.prefix :]
     return act[:, run.prefix :]
 
@@ -233,7 +232,7 @@ def patch_resid_pre(run: PatchingRun, progress: bool = False) -> Float[Tensor, "
     """Patch the residual stream entering each layer at each position."""
     out = torch.zeros(run.model.cfg.n_layers, run.n_pos)  # prefix positions: clean = corrupted, score 0
     for layer in _layers(run, progress, "resid_pre"):
-        clean = suffix_activation(run, f"blocks.{layer}.hook_resid_pre")
+        clean = suffix_activation(run, site("resid_pre", layer))
 
         def patch(act, i, clean=clean):
             act[:, i] = clean[:, i]
@@ -242,10 +241,10 @@ def patch_resid_pre(run: PatchingRun, progress: bool = False) -> Float[Tensor, "
     return out
 
 
-def _patch_whole(run: PatchingRun, suffix: str, progress: bool) -> Float[Tensor, " n_layers"]:
+def _patch_whole(run: PatchingRun, kind: str, progress: bool) -> Float[Tensor, " n_layers"]:
     out = torch.zeros(run.model.cfg.n_layers)
-    for layer in _layers(run, progress, suffix):
-        name = f"blocks.{layer}.{suffix}"
+    for layer in _layers(run, progress, kind):
+        name = site(kind, layer)
         clean = suffix_activation(run, name)
 
         def patch(act, i, clean=clean):
@@ -257,12 +256,12 @@ def _patch_whole(run: PatchingRun, suffix: str, progress: bool) -> Float[Tensor,
 
 def patch_attn_out(run: PatchingRun, progress: bool = False) -> Float[Tensor, " n_layers"]:
     """Patch each layer's whole attention output (all heads, all positions)."""
-    return _patch_whole(run, "hook_attn_out", progress)
+    return _patch_whole(run, "attn_out", progress)
 
 
 def patch_mlp_out(run: PatchingRun, progress: bool = False) -> Float[Tensor, " n_layers"]:
     """Patch each layer's MLP output (all positions)."""
-    return _patch_whole(run, "hook_mlp_out", progress)
+    return _patch_whole(run, "mlp_out", progress)
 
 
 def patch_heads(run: PatchingRun, activation: str = "z", progress: bool = False) -> Float[Tensor, "n_layers heads"]:
@@ -270,11 +269,11 @@ def patch_heads(run: PatchingRun, activation: str = "z", progress: bool = False)
 
     Returns [n_layers, n_heads] (or [n_layers, n_kv_heads] for ``k`` and ``v``).
     """
-    suffix, axis = HEAD_HOOKS[activation]
-    n_cols = run.clean[f"blocks.0.{suffix}"].shape[axis]
+    axis = HEAD_AXES[activation]
+    n_cols = run.clean[site(activation, 0)].shape[axis]
     out = torch.zeros(run.model.cfg.n_layers, n_cols)
     for layer in _layers(run, progress, f"heads {activation}"):
-        name = f"blocks.{layer}.{suffix}"
+        name = site(activation, layer)
         clean = suffix_activation(run, name)
 
         def patch(act, i, clean=clean, axis=axis):
@@ -290,7 +289,7 @@ def patch_heads_by_position(run: PatchingRun, progress: bool = False) -> Float[T
     n_heads, n_run = run.model.cfg.n_heads, run.context.n_run
     out = torch.zeros(run.model.cfg.n_layers, run.n_pos, n_heads)  # prefix positions: score 0
     for layer in _layers(run, progress, "heads by position"):
-        name = f"blocks.{layer}.attn.hook_z"
+        name = site("z", layer)
         clean = suffix_activation(run, name)
 
         def patch(act, i, clean=clean):
@@ -320,18 +319,18 @@ def attribution_patching(run: PatchingRun) -> dict[str, Tensor]:
 
         return hook
 
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, keep(n)) for n in names]):
+    names = sites("resid_pre", range(n_layers)) + sites("z", range(n_layers))
+    with torch.enable_grad(), hooks(model, [(n, keep(n)) for n in names]):
         logits = model(run.corrupted_tokens.to(model.cfg.device))
         metric = run.metric(logits)
         metric.backward()
     resid = torch.zeros(n_layers, run.n_pos)
     heads = torch.zeros(n_layers, model.cfg.n_heads)
     for l in range(n_layers):
-        name = f"blocks.{l}.hook_resid_pre"
+        name = site("resid_pre", l)
         delta = run.clean[name] - acts[name].detach()
         resid[l] = (delta * acts[name].grad).sum((0, 2)).cpu()
-        name = f"blocks.{l}.attn.hook_z"
+        name = site("z", l)
         delta = run.clean[name] - acts[name].detach()
         heads[l] = (delta * acts[name].grad).sum((0, 1, 3)).cpu()
     model.zero_grad(set_to_none=True)

@@ -46,12 +46,13 @@ from tqdm.auto import tqdm
 
 from mechdemo.circuits import kv_head
 from mechdemo.forward import run_blocks
+from mechdemo.interventions import recorder, replace, site
 from mechdemo.patching import MAX_TOKENS_PER_FORWARD, PatchingRun, suffix_activation
 
 Head = tuple[int, int]
 Receiver = tuple[int, int, str]  # (layer, head, "q" | "k" | "v")
 Receivers = Union[Sequence[Receiver], str]  # or "logits"
-INPUT_HOOKS = {"q": "attn.hook_q", "k": "attn.hook_k", "v": "attn.hook_v"}
+RECEIVER_INPUTS = ("q", "k", "v")  # the sites of a receiving head
 
 
 def _check(run: PatchingRun, senders: Sequence[Sequence[Head]], receivers: Receivers) -> None:
@@ -65,7 +66,7 @@ def _check(run: PatchingRun, senders: Sequence[Sequence[Head]], receivers: Recei
             if layer >= first:
                 raise ValueError(f"sender in layer {layer} cannot reach receivers starting in layer {first}")
     for _, _, kind in receivers:
-        if kind not in INPUT_HOOKS:
+        if kind not in RECEIVER_INPUTS:
             raise ValueError(f"receiver input must be q, k or v, not {kind!r}")
 
 
@@ -88,7 +89,7 @@ def _frozen_run(
     W_O = model.W_O  # [n_layers, n_heads, d_head, d_model]
 
     def clean_resid(layer: int) -> Tensor:
-        name = f"blocks.{layer}.hook_resid_pre" if layer < model.cfg.n_layers else "ln_final.hook_in"
+        name = site("resid_pre", layer) if layer < model.cfg.n_layers else site("final")
         return suffix_activation(run, name)[:, positions]
 
     start = int(first.min())
@@ -103,10 +104,10 @@ def _frozen_run(
         if layer == stop:
             break
         active = (first <= layer).nonzero().flatten()
-        mid = view[active] + suffix_activation(run, f"blocks.{layer}.hook_attn_out")[:, positions]
+        mid = view[active] + suffix_activation(run, site("attn_out", layer))[:, positions]
         if layer in by_layer:
-            z_clean = suffix_activation(run, f"blocks.{layer}.attn.hook_z")[:, positions]
-            z_corr = suffix_activation(run, f"blocks.{layer}.attn.hook_z", "corrupted")[:, positions]
+            z_clean = suffix_activation(run, site("z", layer))[:, positions]
+            z_corr = suffix_activation(run, site("z", layer), "corrupted")[:, positions]
             row = {int(c): i for i, c in enumerate(active)}
             for c, head in by_layer[layer]:
                 delta = torch.einsum("npd,dm->npm", z_corr[:, :, head] - z_clean[:, :, head], W_O[layer, head])
@@ -148,28 +149,19 @@ def _path_patch_chunk(run: PatchingRun, senders: list, receivers: Receivers, n_l
         _, resid_at = _frozen_run(run, senders, receiver_layers[-1], slice(None), record_at=receiver_layers)
         recorded: dict[str, Tensor] = {}
         for layer in receiver_layers:
-            names = {f"blocks.{layer}.{INPUT_HOOKS[kind]}" for l, _, kind in receivers if l == layer}
-            hooks = []
-            for name in names:
-                def record(act, hook, name=name):
-                    recorded[name] = act.detach().clone()
-                    return act
-
-                hooks.append((name, record))
-            run_blocks(model, resid_at[layer], layer, run.context, stop=layer + 1, fwd_hooks=hooks)
+            names = {site(kind, layer) for l, _, kind in receivers if l == layer}
+            keep = [recorder(recorded, name, transform=torch.clone) for name in names]
+            run_blocks(model, resid_at[layer], layer, run.context, stop=layer + 1, fwd_hooks=keep)
         # step 3: clean run with only the receivers' inputs replaced
         start3 = receiver_layers[0]
         patches: dict[str, list[int]] = defaultdict(list)
         for layer, head, kind in receivers:
-            patches[f"blocks.{layer}.{INPUT_HOOKS[kind]}"].append(head if kind == "q" else kv_head(model, head))
+            patches[site(kind, layer)].append(head if kind == "q" else kv_head(model, head))
         hooks3 = []
         for name, columns in patches.items():
-            def replace(act, hook, name=name, columns=sorted(set(columns))):
-                act[:, :, columns] = recorded[name][:, :, columns]
-                return act
-
-            hooks3.append((name, replace))
-        resid = suffix_activation(run, f"blocks.{start3}.hook_resid_pre").repeat(copies, 1, 1)
+            columns = sorted(set(columns))
+            hooks3.append(replace(name, recorded[name][:, :, columns], (slice(None), slice(None), columns)))
+        resid = suffix_activation(run, site("resid_pre", start3)).repeat(copies, 1, 1)
         final = run_blocks(model, resid, start3, run.context, fwd_hooks=hooks3)
         return run.copies_metric(final[:, -1])
 

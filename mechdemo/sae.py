@@ -73,7 +73,9 @@ def default_layer(model_name: str, n_layers: int) -> int:
 
 def mlp_hook_name(layer: int) -> str:
     """The hook point whose value is the MLP output of ``layer`` (what the datasets store)."""
-    return f"blocks.{layer}.hook_mlp_out"
+    from mechdemo.interventions import site
+
+    return site("mlp_out", layer)
 
 
 @dataclass(frozen=True)
@@ -404,12 +406,13 @@ def spliced_losses(
 
     from mechdemo.activations import check_layer
     from mechdemo.forward import block_context, run_blocks
+    from mechdemo.interventions import run, site
     from mechdemo.readout import logits_from_resid
 
     check_layer(model, layer)
     device = model.cfg.device
     hook = mlp_hook_name(layer)
-    resid_name = f"blocks.{layer}.hook_resid_pre"
+    resid_name = site("resid_pre", layer)
     sums = torch.zeros(len(saes) + 2, dtype=torch.float64)  # clean, zero ablation, each SAE
     count = 0
     sae_devices = [sae.W_dec.device for sae in saes]
@@ -423,7 +426,7 @@ def spliced_losses(
             def loss_sum(logits: Tensor) -> float:
                 return float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, reduction="sum"))
 
-            logits, cache = model.run_with_cache(batch, names_filter=[resid_name])
+            logits, cache = run(model, batch, names=[resid_name])
             sums[0] += loss_sum(logits)
             context = block_context(model, batch)
             replacements = [lambda act: torch.zeros_like(act)]

@@ -19,6 +19,7 @@ import torch
 
 from mechdemo import edge_patching as ep
 from mechdemo.edge_attribution import eap_and_eap_ig, edge_scores
+from mechdemo.interventions import SWITCHES, switches_on
 from mechdemo.metrics import KLToClean, LogitDifference, AnswerProbability, normalize
 
 ARCHS = ["gpt2", "meta-llama/Llama-3.2-1B"]
@@ -96,7 +97,7 @@ def test_one_edge_equals_a_hooked_forward_pass_per_edge(arch, tiny):
             hooks = [(f"blocks.{layer}.attn.hook_{kind}_input", patch)]
         else:
             hooks = [(f"blocks.{layer}.hook_mlp_in", lambda act, hook: act + delta)]
-        with torch.no_grad(), ep.graph_hooks(model):
+        with torch.no_grad(), switches_on(model):
             resid = ep.forward_to_final_resid(model, pairs.clean, hooks, final_hook=final)
         naive = normalize(_metric_of(model, pairs, resid), base[0].clean_value, base[0].corrupted_value)
         assert fast == pytest.approx(naive, abs=1e-4), graph.edge_name(s, r)
@@ -119,7 +120,7 @@ def _explicit_sum_run(model, graph, pairs, circuit):
 
     names = [f"blocks.{l}.hook_resid_pre" for l in range(graph.n_layers)] + \
             [f"blocks.{l}.hook_mlp_in" for l in range(graph.n_layers)]
-    with torch.no_grad(), ep.graph_hooks(model):
+    with torch.no_grad(), switches_on(model):
         seen["final"] = ep.forward_to_final_resid(model, pairs.clean, [(n, keep(n)) for n in names]).float()
     bias = {}
     for l in range(graph.n_layers):
@@ -158,7 +159,7 @@ def _explicit_sum_run(model, graph, pairs, circuit):
         hooks.append((f"blocks.{layer}.hook_mlp_in", lambda act, hook, layer=layer:
                       chosen(graph.mlp_in(layer), graph.before(layer) + graph.n_heads) + bias[("mlp", layer)]))
         hooks.append((f"blocks.{layer}.hook_mlp_out", record(graph.mlp(layer))))
-    with torch.no_grad(), ep.graph_hooks(model):
+    with torch.no_grad(), switches_on(model):
         return ep.forward_to_final_resid(model, pairs.clean, hooks,
                                          final_hook=lambda act: chosen(graph.logits, graph.n_senders) + bias["final"])
 
@@ -264,7 +265,7 @@ def _autograd_reference(model, graph, groups, alphas):
             for l in range(graph.n_layers):
                 hooks += [(f"blocks.{l}.attn.hook_{k}_input", keep(f"{k}{l}")) for k in "qkv"]
                 hooks.append((f"blocks.{l}.hook_mlp_in", keep(f"m{l}")))
-            with torch.enable_grad(), ep.graph_hooks(model):
+            with torch.enable_grad(), switches_on(model):
                 final = ep.forward_to_final_resid(model, p.clean, hooks)
                 final.retain_grad()
                 p.metric.from_resid(model, final[:, -1]).sum().backward()
@@ -303,9 +304,9 @@ def test_eap_ig_averages_the_gradient_along_the_input_path(arch, tiny):
     torch.testing.assert_close(both["eap"], eap, rtol=1e-6, atol=1e-7)
 
 
-def test_graph_hooks_restore_the_model(tiny):
+def test_switches_on_restores_the_model(tiny):
     model, graph, groups = tiny("gpt2")
-    flags = {f: bool(getattr(model.cfg, f, False)) for f in ep.FLAGS}
-    with ep.graph_hooks(model):
-        assert all(getattr(model.cfg, f) for f in ep.FLAGS)
-    assert {f: bool(getattr(model.cfg, f, False)) for f in ep.FLAGS} == flags
+    flags = {f: bool(getattr(model.cfg, f, False)) for f in SWITCHES}
+    with switches_on(model):
+        assert all(getattr(model.cfg, f) for f in SWITCHES)
+    assert {f: bool(getattr(model.cfg, f, False)) for f in SWITCHES} == flags

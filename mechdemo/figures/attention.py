@@ -22,6 +22,7 @@ from mechdemo.figures import style
 from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
 from mechdemo.heads import HEAD_TYPES, head_targets, pattern_score, standard_head_scores, top_heads
+from mechdemo.interventions import run, site, sites
 
 # What each type is called in the figures (the Spanish deck keeps the English terms too).
 NAMES = {
@@ -102,8 +103,8 @@ def patterns_of(ctx: FigureContext) -> dict:
         tokens, labels = _str_tokens(model, SENTENCE)
         layers = sorted({l for l, _, _ in chosen.values()})
         with torch.no_grad():
-            _, cache = model.run_with_cache(tokens, names_filter=[f"blocks.{l}.attn.hook_pattern" for l in layers])
-        patterns = {t: cache[f"blocks.{l}.attn.hook_pattern"][0, h].float().cpu() for t, (l, h, _) in chosen.items()}
+            _, cache = run(model, tokens, names=sites("pattern", layers))
+        patterns = {t: cache[site("pattern", l)][0, h].float().cpu() for t, (l, h, _) in chosen.items()}
         targets = {t: head_targets(tokens.cpu(), t)[0] for t in HEAD_TYPES}
         on_rule = {t: pattern_score(patterns[t][None, None], targets[t][None]).item() for t in HEAD_TYPES}
         return {"chosen": chosen, "labels": labels, "patterns": patterns, "targets": targets, "on_rule": on_rule}
