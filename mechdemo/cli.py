@@ -79,6 +79,20 @@ def _probability(text: str) -> float:
 
 
 POSITIVE = _int_at_least(1)
+
+
+def _layers(text: str) -> list[int]:
+    """``8``, ``3,5,7`` or ``0-29`` (inclusive) as a list of layers."""
+    layers: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise argparse.ArgumentTypeError(f"expected layers such as 8, 3,5,7 or 0-29, got {text!r}")
+        first, last = int(lo), int(hi) if dash else int(lo)
+        if last < first:
+            raise argparse.ArgumentTypeError(f"{part!r}: the range goes down; write {last}-{first}")
+        layers += range(first, last + 1)
+    return list(dict.fromkeys(layers))
 NON_NEGATIVE = _int_at_least(0)
 
 
@@ -427,7 +441,21 @@ def _run_extract(args: argparse.Namespace) -> int:
     from mechdemo.datasets import ExtractConfig, extract
     from mechdemo.models import DEFAULT_MODEL
 
-    cfg = ExtractConfig(model=args.model or DEFAULT_MODEL, layer=args.layer, corpus=args.corpus,
+    from mechdemo.interventions import SITES, site
+
+    if args.layer is not None and args.layers is not None:
+        raise MechdemoError("--layer and --layers say the same thing: give one")
+    layers = args.layers if args.layers is not None else ([args.layer] if args.layer is not None else [])
+    kinds = args.site or ["mlp_out"]
+    names = []
+    for kind in kinds:
+        if kind in SITES and SITES[kind].per_layer:
+            if not layers:
+                raise MechdemoError(f"--site {kind} is per layer: give --layers (e.g. --layers 8, or 0-29)")
+            names += [site(kind, layer) for layer in layers]
+        else:
+            names.append(site(kind) if kind in SITES else kind)  # a per-model site, or a full site name
+    cfg = ExtractConfig(model=args.model or DEFAULT_MODEL, corpus=args.corpus, sites=tuple(names),
                         seq_len=args.seq_len, batch_size=args.batch_size, shard_size=args.shard_size,
                         max_tokens=args.max_tokens, compute_dtype=args.compute_dtype)
     manifest = extract(cfg, args.out, progress=not args.json, push_to_hub=args.push_to_hub)
@@ -449,7 +477,13 @@ def _configure_extract(p: argparse.ArgumentParser) -> None:
     from mechdemo.datasets import COMPUTE_DTYPES
 
     p.add_argument("--model", default=None, help="model (default: the offline default)")
-    p.add_argument("--layer", type=NON_NEGATIVE, required=True, help="MLP layer (Llama 3.2 1B: 8, as in the course)")
+    p.add_argument("--layer", type=NON_NEGATIVE, default=None,
+                   help="one layer (with the default --site, its MLP output; Llama 3.2 1B: 8, as in the course)")
+    p.add_argument("--layers", type=_layers, default=None, metavar="L",
+                   help="layers for the per-layer sites: 8, 3,5,7 or 0-29")
+    p.add_argument("--site", action="append", default=None, metavar="KIND",
+                   help="what to store (repeat for several, all from one forward pass): mlp_out (default), mlp_in, "
+                        "resid_pre, resid_mid, resid_post, attn_out, ... (`mechdemo.interventions.SITES`)")
     p.add_argument("--corpus", default=OFFLINE_CORPUS,
                    help=f"{OFFLINE_CORPUS!r} (offline default), a .txt/.jsonl file or folder, or a Hub dataset "
                         f"such as {PILE!r}")
@@ -475,11 +509,11 @@ def _run_dataset(args: argparse.Namespace) -> int:
         _print_json(info)
         return 0
     stats = info["norm_stats"]
-    print(f"{info['path']}: {info['model']} layer {info['layer']} MLP output, corpus {info['corpus']}")
-    print(f"  {info['tokens']:,} tokens x {info['d_model']} ({info['dtype']}), {info['shards']} shards, "
-          f"{info['bytes'] / 1e6:,.1f} MB")
-    print(f"  rms {stats['rms']:.4g} (per element {stats['rms_per_element']:.4g})"
-          + ("; verified" if args.verify else ""))
+    print(f"{info['path']}: {info['model']}, corpus {info['corpus']}")
+    print(f"  {info['tokens']:,} tokens x {info['d_model']} ({info['dtype']}) at {len(info['sites'])} site(s), "
+          f"{info['shards']} shards, {info['bytes'] / 1e6:,.1f} MB" + ("; verified" if args.verify else ""))
+    for name in info["sites"]:
+        print(f"  {name:<28} rms {stats[name]['rms']:.4g} (per element {stats[name]['rms_per_element']:.4g})")
     return 0
 
 
@@ -531,24 +565,25 @@ def _run_sae(args: argparse.Namespace) -> int:
         summary = _sae_summary(args.out, asdict(cfg), metrics)
     else:
         sae = load_sae(args.sae)
-        _check_sae_matches(sae, args, c, "evaluate")
+        _check_sae_matches(sae, args, data, "evaluate")
         model = None if args.no_model else load_model(c["model"])
         summary = _sae_summary(args.sae, None, evaluate_sae(sae, data, model, n_sequences=args.eval_sequences))
     if args.json:
         _print_json(summary)
     else:
-        print(f"{summary['sae']}: SAE on {c['model']} layer {c['layer']} MLP output")
+        print(f"{summary['sae']}: SAE on {c['model']} {data.site}")
         _print_sae_metrics(summary["metrics"])
     return 0
 
 
-def _check_sae_matches(sae, args: argparse.Namespace, c: dict, what: str) -> None:
+def _check_sae_matches(sae, args: argparse.Namespace, data, what: str) -> None:
     """An SAE trained on another model or layer than the dataset's is a user's mix-up: say so."""
     meta = sae.cfg.metadata
-    if meta.get("layer") is not None and (meta.get("layer"), meta.get("model_name")) != (c["layer"], c["model"]):
-        raise MechdemoError(f"{args.sae} was trained on {meta.get('model_name')} layer {meta.get('layer')}, but "
-                            f"{args.data} holds {c['model']} layer {c['layer']}: {what} it on a dataset of "
-                            "the same model and layer")
+    c = data.manifest["config"]
+    if meta.get("hook_name") and (meta.get("hook_name"), meta.get("model_name")) != (data.site, c["model"]):
+        raise MechdemoError(f"{args.sae} was trained on {meta.get('model_name')} {meta.get('hook_name')}, but "
+                            f"{args.data} holds {c['model']} {data.site}: {what} it on a dataset of "
+                            "the same model and site")
 
 
 def _run_sae_browse(args: argparse.Namespace) -> int:
@@ -567,7 +602,7 @@ def _run_sae_browse(args: argparse.Namespace) -> int:
     data = ActivationDataset(args.data)
     c = data.manifest["config"]
     sae = load_sae(args.sae)
-    _check_sae_matches(sae, args, c, "browse")
+    _check_sae_matches(sae, args, data, "browse")
     model = load_model(c["model"])  # its unembedding: each feature's logit effect
     ui = {lang: translations(ui_strings(), lang) for lang in LANGUAGES}
     files = build_browser(sae, data, model, args.out, ui, cfg, provenance={"sae": str(args.sae)},

@@ -1,11 +1,17 @@
-"""Activation datasets: one layer's MLP output for every token of a corpus, sharded on disk.
+"""Activation datasets: the activations at one or more sites for every token of a corpus, sharded on disk.
 
 What the course's pipeline did (stream a corpus through Llama 3.2 1B, keep the MLP-8 output of
 every non-special token as bf16 bit patterns in uint16, shards of 50,000 tokens, a global RMS),
 rebuilt to be fast, exact and crash-safe:
 
-**Only the layers needed.** The forward pass stops after layer ``n`` (``stop_at_layer``): the
-later layers and the unembedding, most of the course's cost, are never computed.
+**Any site, several at once.** A dataset stores the activations at the sites its config names
+(:mod:`mechdemo.interventions`: the MLP output of layer 8 by default, as in the course; or e.g. the
+MLP's input and output of every layer, what transcoders train on; or the residual stream at every
+layer, what probes read), all from the same forward pass, each in a column named for its site.
+
+**Only the layers needed.** The forward pass stops after the last layer a site needs
+(``stop_at_layer``): the later layers and the unembedding, most of the course's cost, are never
+computed.
 
 **Deterministic plan.** Documents come from :mod:`mechdemo.corpus` in a fixed order and are cut
 into fixed-length chunks; batch ``b`` is chunks ``b*B .. b*B+B-1``. How many tokens a batch stores
@@ -24,17 +30,16 @@ an uninterrupted run, bit for bit (same batches, same arithmetic).
 own shards and progress file; when all are done (a ``gloo``/``nccl`` barrier) process 0 merges them
 into ``manifest.json`` and ``norm_stats.json``.
 
-**Format.** Arrow IPC files (uncompressed, so they can be memory-mapped), one row per token:
-``doc_id`` (int64), ``tok_pos`` (int32, position in the document's tokens), ``token_id`` (int32) and
-``act`` (``d_model`` x uint16: the bf16 bit pattern, an exact round trip). ``norm_stats.json`` holds
-``tokens``, ``rms = sqrt(mean over tokens of ||x||^2)`` (the course's definition), the per-element
-RMS, the layer, model and dtype. :class:`ActivationDataset` reads it back.
+**Format** (2). Arrow IPC files (uncompressed, so they can be memory-mapped), one row per token:
+``doc_id`` (int64), ``tok_pos`` (int32, position in the document's tokens), ``token_id`` (int32) and one
+column per site, named for it (``blocks.8.hook_mlp_out``: ``d_model`` x uint16, the bf16 bit pattern,
+an exact round trip). ``norm_stats.json`` holds, per site, ``tokens``, ``rms = sqrt(mean over tokens of
+||x||^2)`` (the course's definition), the per-element RMS, the model and dtype. :class:`ActivationDataset`
+reads it back, and also reads format 1 (one ``act`` column: the MLP output of ``config["layer"]``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -50,13 +55,14 @@ from torch import Tensor
 
 from mechdemo import __version__
 from mechdemo.errors import CorruptFileError, MechdemoError
+from mechdemo.files import check_writable, read_json, sha256_of, write_json_atomic
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 1: a single "act" column, the MLP output of config["layer"] (still read)
 MANIFEST = "manifest.json"
 COMPUTE_DTYPES = ("float32", "float64")
 NORM_STATS = "norm_stats.json"
@@ -64,11 +70,15 @@ NORM_STATS = "norm_stats.json"
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Everything that determines a dataset's content (a rerun must use the same values)."""
+    """Everything that determines a dataset's content (a rerun must use the same values).
+
+    ``sites``: the site names to store (:func:`mechdemo.interventions.site`); or ``layer`` alone, which
+    means the MLP output of that layer (the course's dataset). ``layer`` is then the sites' common
+    layer (``None`` if they have several)."""
 
     model: str
-    layer: int
-    corpus: str
+    layer: int | None = None
+    corpus: str = "python-docs"
     seq_len: int = 128
     batch_size: int = 16
     shard_size: int = 50_000  # tokens per shard (a shard closes at the first batch boundary past it)
@@ -77,10 +87,34 @@ class ExtractConfig:
     # the forward pass's dtype: float64 gives the same bf16 dataset on every CPU (MKL's float32 sums
     # differ in their last bits between Intel and AMD CPUs, and bf16 rounding flips on some of them)
     compute_dtype: str = "float32"
+    sites: tuple[str, ...] = ()
 
     def __post_init__(self):
+        from mechdemo.interventions import parse_site, site
+
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise MechdemoError(f"compute dtype {self.compute_dtype!r}: choose one of {', '.join(COMPUTE_DTYPES)}")
+        names = tuple(self.sites) if self.sites else ()
+        if not names:
+            if self.layer is None:
+                raise MechdemoError("an activation dataset needs sites (--site KIND --layers L) or a --layer (its MLP "
+                                    "output)")
+            names = (site("mlp_out", self.layer),)
+        if len(set(names)) != len(names):
+            raise MechdemoError(f"a site is named twice in {list(names)}")
+        layers = {parse_site(name)[1] for name in names}  # validates every name
+        object.__setattr__(self, "sites", names)
+        object.__setattr__(self, "layer", layers.pop() if len(layers) == 1 else None)
+
+    @property
+    def stop_at_layer(self) -> int | None:
+        """The block the forward pass can stop before (None: every site's layer is needed, or the final one)."""
+        from mechdemo.interventions import parse_site
+
+        layers = [parse_site(name)[1] for name in self.sites]
+        if any(layer is None and name not in ("hook_embed", "hook_pos_embed") for name, layer in zip(self.sites, layers)):
+            return None
+        return max((layer for layer in layers if layer is not None), default=-1) + 1
 
 
 def to_uint16(x: Tensor) -> np.ndarray:
@@ -94,23 +128,6 @@ def from_uint16(bits: np.ndarray) -> Tensor:
     if not bits.flags.writeable:  # a memory-mapped file: torch wants memory it may write to
         bits = bits.copy()
     return torch.from_numpy(bits).view(torch.bfloat16)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -181,47 +198,47 @@ def plan_shards(model: "TransformerBridge", cfg: ExtractConfig, rank: int = 0, w
 # --- extraction -------------------------------------------------------------------------------
 
 
-def _schema(d_model: int, metadata: dict) -> pa.Schema:
+def _schema(d_model: int, sites: Sequence[str], metadata: dict) -> pa.Schema:
     return pa.schema(
-        [("doc_id", pa.int64()), ("tok_pos", pa.int32()), ("token_id", pa.int32()),
-         ("act", pa.list_(pa.uint16(), d_model))],
+        [("doc_id", pa.int64()), ("tok_pos", pa.int32()), ("token_id", pa.int32())]
+        + [(name, pa.list_(pa.uint16(), d_model)) for name in sites],
         metadata={"mechdemo": json.dumps(metadata)},
     )
 
 
-def _activations(model: "TransformerBridge", batch: Batch, layer: int) -> tuple[np.ndarray, dict]:
-    """Run the batch up to layer ``layer`` and return the stored rows' activations (uint16) and metadata."""
-    from mechdemo.activations import mlp_outputs
+def _activations(model: "TransformerBridge", batch: Batch, cfg: ExtractConfig) -> tuple[dict[str, np.ndarray], dict]:
+    """Run the batch as far as the sites need and return the stored rows' activations per site (uint16)
+    and their metadata."""
+    from mechdemo.interventions import run
 
     ids = torch.tensor([c.ids for c in batch.chunks])
-    acts = mlp_outputs(model, ids, [layer])[layer]  # [n, seq_len, d_model]
+    with torch.no_grad():
+        _, acts = run(model, ids, names=cfg.sites, stop_at_layer=cfg.stop_at_layer)  # [n, seq_len, d_model] each
     keep = torch.from_numpy(batch.keep)
-    kept = acts[keep.to(acts.device)]
+    bits = {name: to_uint16(acts[name][keep.to(acts[name].device)]) for name in cfg.sites}
     rows, cols = np.nonzero(batch.keep)
     doc = np.array([c.doc_id for c in batch.chunks])[rows]
     pos = np.array([c.start - c.offset for c in batch.chunks])[rows] + cols
-    return to_uint16(kept), {"doc_id": doc, "tok_pos": pos, "token_id": ids.numpy()[batch.keep]}
+    return bits, {"doc_id": doc, "tok_pos": pos, "token_id": ids.numpy()[batch.keep]}
 
 
-def _write_shard(path: Path, d_model: int, parts: list, metadata: dict) -> dict:
-    """Write ``parts`` (activation bits + metadata per batch) as one Arrow file, atomically."""
-    bits = np.concatenate([p[0] for p in parts])
+def _write_shard(path: Path, d_model: int, sites: Sequence[str], parts: list, metadata: dict) -> dict:
+    """Write ``parts`` (activation bits per site + metadata, per batch) as one Arrow file, atomically."""
+    bits = {name: np.concatenate([p[0][name] for p in parts]) for name in sites}
     meta = {k: np.concatenate([p[1][k] for p in parts]) for k in ("doc_id", "tok_pos", "token_id")}
-    values = pa.array(bits.reshape(-1), type=pa.uint16())
-    table = pa.table(
-        {"doc_id": pa.array(meta["doc_id"], pa.int64()), "tok_pos": pa.array(meta["tok_pos"], pa.int32()),
-         "token_id": pa.array(meta["token_id"], pa.int32()),
-         "act": pa.FixedSizeListArray.from_arrays(values, d_model)},
-        schema=_schema(d_model, metadata),
-    )
+    columns = {"doc_id": pa.array(meta["doc_id"], pa.int64()), "tok_pos": pa.array(meta["tok_pos"], pa.int32()),
+               "token_id": pa.array(meta["token_id"], pa.int32())}
+    for name in sites:
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(bits[name].reshape(-1), type=pa.uint16()), d_model)
+    table = pa.table(columns, schema=_schema(d_model, sites, metadata))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=65_536)
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    sum_sq = float(np.square(from_uint16(bits).double().numpy()).sum())
-    return {"file": path.name, "rows": len(bits), "bytes": path.stat().st_size, "sha256": _sha256(path),
+    sum_sq = {name: float(np.square(from_uint16(b).double().numpy()).sum()) for name, b in bits.items()}
+    return {"file": path.name, "rows": len(meta["doc_id"]), "bytes": path.stat().st_size, "sha256": sha256_of(path),
             "sum_sq": sum_sq}
 
 
@@ -230,41 +247,6 @@ def _distributed() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     return rank, world, local
-
-
-def check_writable(out: Path) -> None:
-    """``--out`` (or its nearest existing ancestor, where it would be created) is writable."""
-    import os
-
-    parent = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise MechdemoError(f"--out {out}: {parent} is not writable: choose a folder you can write to")
-
-
-@contextlib.contextmanager
-def folder_written_atomically(out: Path, tag: str) -> Iterator[Path]:
-    """A sibling folder ``.<name>.<tag>-<pid>`` to write ``out``'s content into: renamed to ``out`` when
-    the block ends without an error (an existing ``out`` replaced only then), removed otherwise. An
-    interrupted write leaves the old folder, or none, never half of one; temporaries left by a killed
-    run are removed first."""
-    import shutil
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.{tag}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.{tag}-{os.getpid()}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_hub_repo(repo: str) -> None:
@@ -291,7 +273,7 @@ def check_hub_repo(repo: str) -> None:
 def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
     """``--out`` can hold this dataset: new, empty, or this very dataset (to resume); writable."""
     config_file = out / "config.json"
-    wanted = {**asdict(cfg), "format": FORMAT}
+    wanted = json.loads(json.dumps({**asdict(cfg), "format": FORMAT}))
     if out.exists() and not out.is_dir():
         raise MechdemoError(f"--out {out} is a file, not a folder: choose a folder for the dataset")
     if out.is_dir() and not config_file.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
@@ -299,7 +281,10 @@ def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
                             "(mechdemo never writes into a folder it did not create)")
     check_writable(out)
     if config_file.exists():
-        have = {"compute_dtype": "float32", **json.loads(config_file.read_text())}  # (older datasets: float32)
+        have = {"compute_dtype": "float32", **read_json(config_file, f"rerun `mechdemo extract` with another --out, or delete {out}")}
+        if have.get("format", 1) != FORMAT:
+            raise MechdemoError(f"{out} holds an unfinished dataset of an older format ({have.get('format', 1)}): "
+                                "choose another --out (or finish it with the mechdemo version that started it)")
         if have != wanted:
             diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
             raise MechdemoError(
@@ -318,8 +303,8 @@ def extract(
     """Build (or resume) the dataset of ``cfg`` in ``out_dir``; return the manifest."""
     from tqdm.auto import tqdm
 
-    from mechdemo.activations import check_layer
     from mechdemo.corpus import check_corpus
+    from mechdemo.interventions import check_site
     from mechdemo.models import get_spec, load_model
 
     rank, world, local = _distributed()
@@ -329,8 +314,8 @@ def extract(
     if push_to_hub and rank == 0:
         check_hub_repo(push_to_hub)
     check_corpus(cfg.corpus)  # before the model loads or a byte is written
-    if model is None and cfg.layer >= (n_layers := get_spec(cfg.model).architecture.n_layers):
-        raise MechdemoError(f"--layer {cfg.layer} is out of range: {cfg.model} has layers 0 to {n_layers - 1}")
+    if model is None:
+        _check_layers(cfg, get_spec(cfg.model).architecture.n_layers)
     if world > 1:
         import torch.distributed as dist
 
@@ -341,7 +326,8 @@ def extract(
         model = load_model(cfg.model, device=device, dtype=getattr(torch, cfg.compute_dtype))
     elif (have := next(model.parameters()).dtype) != getattr(torch, cfg.compute_dtype):
         raise MechdemoError(f"the model given computes in {have}, the config asks for {cfg.compute_dtype}")
-    check_layer(model, cfg.layer)
+    for name in cfg.sites:
+        check_site(model, name)
     d_model = model.cfg.d_model
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -367,16 +353,16 @@ def extract(
             log.warning("%s is missing or damaged: rebuilding it.", path)
         parts = []
         for batch in shard.batches:
-            parts.append(_activations(model, batch, cfg.layer))
+            parts.append(_activations(model, batch, cfg))
             bar.update(batch.rows)
             computed += batch.rows
             bar.set_postfix_str(f"{computed / (time.perf_counter() - start):,.0f} tok/s computed")
         if rank == 0 and not (out / "config.json").exists():  # written with the first shard: a run that
-            _write_json_atomic(out / "config.json", {**asdict(cfg), "format": FORMAT})  # fails earlier leaves none
+            write_json_atomic(out / "config.json", {**asdict(cfg), "format": FORMAT})  # fails earlier leaves none
         meta = {"rank": rank, "index": shard.index, "batches": [b.index for b in shard.batches],
-                "layer": cfg.layer, "model": cfg.model}
-        done[shard.name] = {**_write_shard(path, d_model, parts, meta), "batches": meta["batches"]}
-        _write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": False})
+                "sites": list(cfg.sites), "model": cfg.model}
+        done[shard.name] = {**_write_shard(path, d_model, cfg.sites, parts, meta), "batches": meta["batches"]}
+        write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": False})
     bar.close()
     if not done and world == 1:  # nothing to store: say why, and leave no folder behind
         if created:
@@ -386,7 +372,7 @@ def extract(
         raise MechdemoError(f"--corpus {cfg.corpus} gave no tokens to store: the quality filter keeps documents of "
                             "21 to 29,999 characters that are not all capitals nor only digits (a .txt file is one "
                             "document, split into paragraphs when longer); check the corpus")
-    _write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": True})
+    write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": True})
     if world > 1:
         import torch.distributed as dist
 
@@ -401,31 +387,42 @@ def extract(
     return manifest
 
 
+def _check_layers(cfg: ExtractConfig, n_layers: int) -> None:
+    """Every site's layer exists in a model of ``n_layers`` (checked before the model loads)."""
+    from mechdemo.interventions import parse_site
+
+    for name in cfg.sites:
+        layer = parse_site(name)[1]
+        if layer is not None and not 0 <= layer < n_layers:
+            raise MechdemoError(f"layer {layer} ({name}) is out of range: {cfg.model} has layers 0 to {n_layers - 1}")
+
+
 def _intact(path: Path, record: dict) -> bool:
-    return path.is_file() and path.stat().st_size == record["bytes"] and _sha256(path) == record["sha256"]
+    return path.is_file() and path.stat().st_size == record["bytes"] and sha256_of(path) == record["sha256"]
 
 
 def merge_manifest(out: Path, cfg: ExtractConfig, d_model: int) -> dict:
     """Merge every process's progress into ``manifest.json`` and ``norm_stats.json``."""
-    shards, sum_sq, incomplete = [], 0.0, []
+    shards, incomplete = [], []
     for progress_file in sorted(out.glob("progress-r*.json")):
         state = json.loads(progress_file.read_text())
         if not state.get("complete"):
             incomplete.append(progress_file.name)
-        for record in state["shards"].values():
-            shards.append(record)
-            sum_sq += record["sum_sq"]
+        shards.extend(state["shards"].values())
     if incomplete:
         raise MechdemoError(f"{', '.join(incomplete)} not complete: rerun the same command to finish")
     shards.sort(key=lambda r: r["file"])
     tokens = sum(r["rows"] for r in shards)
-    rms = (sum_sq / tokens) ** 0.5 if tokens else 0.0
-    stats = {"tokens": tokens, "rms": rms, "rms_per_element": rms / d_model**0.5, "layer": cfg.layer,
-             "model": cfg.model, "dtype": cfg.dtype, "d_model": d_model}
+    stats = {}
+    for name in cfg.sites:
+        sum_sq = sum(r["sum_sq"][name] for r in shards)
+        rms = (sum_sq / tokens) ** 0.5 if tokens else 0.0
+        stats[name] = {"tokens": tokens, "rms": rms, "rms_per_element": rms / d_model**0.5, "site": name,
+                       "model": cfg.model, "dtype": cfg.dtype, "d_model": d_model}
     manifest = {"format": FORMAT, "mechdemo_version": __version__, "config": asdict(cfg), "d_model": d_model,
-                "tokens": tokens, "shards": shards, "norm_stats": stats}
-    _write_json_atomic(out / NORM_STATS, stats)
-    _write_json_atomic(out / MANIFEST, manifest)
+                "sites": list(cfg.sites), "tokens": tokens, "shards": shards, "norm_stats": stats}
+    write_json_atomic(out / NORM_STATS, stats)
+    write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
 
@@ -444,7 +441,7 @@ def _push(out: Path, repo: str, manifest: dict) -> dict:
                     "upload it later with `hf upload %s %s --repo-type dataset`.",
                     repo, type(err).__name__, err, out, repo, out)
         manifest["pushed_to_hub"] = {"repo": repo, "ok": False, "error": f"{type(err).__name__}: {err}"}
-    _write_json_atomic(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
 
@@ -452,7 +449,10 @@ def _push(out: Path, repo: str, manifest: dict) -> dict:
 
 
 class ActivationDataset:
-    """A dataset written by :func:`extract`: memory-mapped shards, batches as tensors."""
+    """A dataset written by :func:`extract`: memory-mapped shards, batches as tensors.
+
+    ``sites`` lists what it stores; the methods that read activations take a ``site`` (default: the
+    dataset's only one). :meth:`select` gives a view on one site, for code that reads one (an SAE)."""
 
     def __init__(self, path: str | Path, verify: bool = False):
         self.path = Path(path)
@@ -460,9 +460,28 @@ class ActivationDataset:
         if not manifest.is_file():
             raise MechdemoError(f"{self.path} has no {MANIFEST}: not a finished dataset (rerun `mechdemo extract` "
                                 "with the same arguments to finish it)")
-        self.manifest = json.loads(manifest.read_text())
-        self.d_model: int = self.manifest["d_model"]
-        self.norm_stats: dict = self.manifest["norm_stats"]
+        self.manifest = read_json(manifest, "rerun `mechdemo extract` with the dataset's arguments (its shards are "
+                                            "kept) or build it again")
+        try:
+            self.format = int(self.manifest.get("format", 1))
+            self.d_model: int = self.manifest["d_model"]
+            if self.format == 1:  # one "act" column: the MLP output of the config's layer
+                from mechdemo.interventions import site
+
+                name = site("mlp_out", self.manifest["config"]["layer"])
+                self._columns = {name: "act"}
+                self._norm_stats = {name: {**self.manifest["norm_stats"], "site": name}}
+            elif self.format == FORMAT:
+                self._columns = {name: name for name in self.manifest["sites"]}
+                self._norm_stats = self.manifest["norm_stats"]
+            else:
+                raise MechdemoError(f"{manifest} is format {self.format}, newer than this mechdemo reads ({FORMAT}): "
+                                    "upgrade mechdemo (pip install -U mechdemo)")
+            self.shards  # noqa: B018 - the list must exist
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CorruptFileError(f"{manifest} is not a dataset manifest mechdemo wrote ({type(err).__name__}: {err}): "
+                                   "rebuild the dataset with `mechdemo extract`") from None
+        self.sites: list[str] = list(self._columns)
         self._tables: dict[str, pa.Table] = {}
         if verify:
             self.verify()
@@ -473,6 +492,43 @@ class ActivationDataset:
     @property
     def shards(self) -> list[dict]:
         return self.manifest["shards"]
+
+    def select(self, site: str) -> "ActivationDataset":
+        """This dataset seen as holding ``site`` only (the same files; for code that reads one site)."""
+        import copy
+
+        self._check_site(site)
+        view = copy.copy(self)
+        view.sites, view._tables = [site], self._tables
+        return view
+
+    def _check_site(self, site: str) -> str:
+        if site not in self._columns:
+            raise MechdemoError(f"{self.path} holds no activations at {site!r}: it holds {', '.join(self.sites)}")
+        return site
+
+    @property
+    def site(self) -> str:
+        """The dataset's site, when it holds one (else an error naming them: pass ``site=`` or use :meth:`select`)."""
+        if len(self.sites) != 1:
+            raise MechdemoError(f"{self.path} holds {len(self.sites)} sites ({', '.join(self.sites)}): say which one "
+                                "(site=..., or ActivationDataset.select(site))")
+        return self.sites[0]
+
+    @property
+    def layer(self) -> int | None:
+        """The layer of :attr:`site`."""
+        from mechdemo.interventions import parse_site
+
+        return parse_site(self.site)[1]
+
+    @property
+    def norm_stats(self) -> dict:
+        """``tokens``, ``rms``, ``rms_per_element`` ... of :attr:`site`."""
+        return self._norm_stats[self.site]
+
+    def norm_stats_of(self, site: str) -> dict:
+        return self._norm_stats[self._check_site(site)]
 
     def verify(self) -> None:
         """Check every shard's size and sha256; raise :class:`CorruptFileError` naming the first bad one."""
@@ -486,8 +542,16 @@ class ActivationDataset:
                 )
 
     def config_args(self) -> str:
+        from mechdemo.interventions import parse_site
+
         c = self.manifest["config"]
-        args = f"--model {c['model']} --layer {c['layer']} --corpus {c['corpus']} --out {self.path} " \
+        if self.format == 1:
+            where = f"--layer {c['layer']}"
+        else:
+            kinds = list(dict.fromkeys(parse_site(name)[0] for name in c["sites"]))
+            layers = sorted({parse_site(name)[1] for name in c["sites"]} - {None})
+            where = " ".join(f"--site {k}" for k in kinds) + (f" --layers {','.join(map(str, layers))}" if layers else "")
+        args = f"--model {c['model']} {where} --corpus {c['corpus']} --out {self.path} " \
                f"--seq-len {c['seq_len']} --batch-size {c['batch_size']} --shard-size {c['shard_size']}"
         return args + (f" --max-tokens {c['max_tokens']}" if c.get("max_tokens") else "")
 
@@ -523,17 +587,18 @@ class ActivationDataset:
             self._tables[name] = table
         return self._tables[name]
 
-    def shard_bits(self, i: int) -> np.ndarray:
-        """Shard ``i``'s activations as a [rows, d_model] uint16 array (a view of the file when possible)."""
-        column = self.table(i).column("act").combine_chunks()
+    def shard_bits(self, i: int, site: str | None = None) -> np.ndarray:
+        """Shard ``i``'s activations at ``site`` as a [rows, d_model] uint16 array (a view of the file when possible)."""
+        name = self._columns[self._check_site(site) if site is not None else self.site]
+        column = self.table(i).column(name).combine_chunks()
         return column.values.to_numpy(zero_copy_only=False).reshape(-1, self.d_model)
 
     def column(self, name: str) -> np.ndarray:
         return np.concatenate([self.table(i).column(name).to_numpy() for i in range(len(self.shards))])
 
-    def activations(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """All activations as one [tokens, d_model] tensor (loads everything: for small datasets)."""
-        return torch.cat([from_uint16(self.shard_bits(i)).to(dtype) for i in range(len(self.shards))])
+    def activations(self, dtype: torch.dtype = torch.float32, site: str | None = None) -> Tensor:
+        """All activations at ``site`` as one [tokens, d_model] tensor (loads everything: for small datasets)."""
+        return torch.cat([from_uint16(self.shard_bits(i, site)).to(dtype) for i in range(len(self.shards))])
 
     def batches(
         self,
@@ -545,35 +610,48 @@ class ActivationDataset:
         normalize: bool = False,
         epochs: int = 1,
         shards: Sequence[int] | None = None,
-    ) -> Iterator[Tensor]:
-        """Batches of [batch_size, d_model] activations (of all shards, or of ``shards``).
+        site: str | Sequence[str] | None = None,
+    ) -> Iterator[Tensor] | Iterator[tuple[Tensor, ...]]:
+        """Batches of [batch_size, d_model] activations at ``site`` (of all shards, or of ``shards``).
 
-        With ``shuffle``, shards come in a seeded random order and rows are shuffled within a buffer of
-        ``buffer_shards`` shards; ``normalize`` divides by ``rms_per_element`` (unit mean square).
+        ``site`` may be several sites (e.g. an MLP's input and output): each batch is then a tuple, one
+        tensor per site, of the same tokens. With ``shuffle``, shards come in a seeded random order and
+        rows are shuffled within a buffer of ``buffer_shards`` shards; ``normalize`` divides each site by
+        its ``rms_per_element`` (unit mean square).
         """
+        several = site is not None and not isinstance(site, str)
+        names = [self._check_site(s) for s in site] if several else [site if site is not None else self.site]
+        self._check_site(names[0])
         generator = np.random.default_rng(seed)
-        scale = 1.0 / self.norm_stats["rms_per_element"] if normalize else 1.0
+        scales = [1.0 / self._norm_stats[n]["rms_per_element"] if normalize else 1.0 for n in names]
         chosen = np.arange(len(self.shards)) if shards is None else np.asarray(shards)
+
+        def out(bits: list[np.ndarray]):
+            tensors = tuple(from_uint16(b).to(dtype) * scale for b, scale in zip(bits, scales))
+            return tensors if several else tensors[0]
+
         for _ in range(epochs):
             order = generator.permutation(chosen) if shuffle else chosen
-            leftover = np.empty((0, self.d_model), dtype=np.uint16)
+            leftover = [np.empty((0, self.d_model), dtype=np.uint16) for _ in names]
             for first in range(0, len(order), buffer_shards):
-                buffer = np.concatenate([leftover] + [self.shard_bits(i) for i in order[first : first + buffer_shards]])
+                picked = order[first : first + buffer_shards]
+                buffer = [np.concatenate([left] + [self.shard_bits(i, n) for i in picked]) for left, n in zip(leftover, names)]
                 if shuffle:
-                    buffer = buffer[generator.permutation(len(buffer))]
-                n_full = len(buffer) // batch_size * batch_size
+                    perm = generator.permutation(len(buffer[0]))
+                    buffer = [b[perm] for b in buffer]
+                n_full = len(buffer[0]) // batch_size * batch_size
                 for start in range(0, n_full, batch_size):
-                    yield from_uint16(buffer[start : start + batch_size]).to(dtype) * scale
-                leftover = buffer[n_full:]
-            if len(leftover):
-                yield from_uint16(leftover).to(dtype) * scale
+                    yield out([b[start : start + batch_size] for b in buffer])
+                leftover = [b[n_full:] for b in buffer]
+            if len(leftover[0]):
+                yield out(leftover)
 
     def info(self) -> dict:
         c = self.manifest["config"]
         return {
-            "path": str(self.path), "model": c["model"], "layer": c["layer"], "corpus": c["corpus"],
-            "tokens": len(self), "d_model": self.d_model, "shards": len(self.shards),
-            "bytes": sum(s["bytes"] for s in self.shards), "norm_stats": self.norm_stats,
+            "path": str(self.path), "model": c["model"], "sites": self.sites, "layer": c.get("layer"),
+            "corpus": c["corpus"], "tokens": len(self), "d_model": self.d_model, "shards": len(self.shards),
+            "bytes": sum(s["bytes"] for s in self.shards), "norm_stats": {n: self._norm_stats[n] for n in self.sites},
             "seq_len": c["seq_len"], "dtype": c["dtype"],
             "pushed_to_hub": self.manifest.get("pushed_to_hub"),
         }

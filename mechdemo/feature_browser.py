@@ -50,9 +50,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechdemo import __version__
-from mechdemo.datasets import ActivationDataset, check_writable, folder_written_atomically, from_uint16
+from mechdemo.datasets import ActivationDataset, from_uint16
+from mechdemo.files import check_writable, folder_written_atomically
 from mechdemo.errors import MechdemoError
-from mechdemo.sae import DENSE_THRESHOLD, logit_effects, split_shards
+from mechdemo.interventions import parse_site
+from mechdemo.sae import DENSE_THRESHOLD, hook_of, logit_effects, split_shards
 
 if TYPE_CHECKING:
     from sae_lens import SAE, TrainingSAE
@@ -235,14 +237,16 @@ def compute_browser(
         display = get_spec(model_name).display_name
     except MechdemoError:
         display = model_name
-    layer = dataset.manifest["config"]["layer"]
+    hook, layer = dataset.site, dataset.layer
+    kind = parse_site(hook)[0]
+    where = f"MLP {layer}" if kind == "mlp_out" else f"{kind} {layer}"
     train = getattr(meta_cfg, "mechdemo", None) or {}
     arch = train.get("architecture", sae.cfg.architecture())
     setting = {"topk": f"k={train.get('k')}", "relu": f"l1={train.get('l1_coefficient')}",
                "jumprelu": f"l0={train.get('l0_coefficient')}"}.get(arch, "") if train else ""
     meta = {
-        "title": f"SAE · {display} · MLP {layer}", "model": model_name, "model_display": display, "layer": layer,
-        "hook": f"blocks.{layer}.hook_mlp_out", "d_sae": shown, "d_sae_total": d_sae, "d_in": int(sae.cfg.d_in),
+        "title": f"SAE · {display} · {where}", "model": model_name, "model_display": display, "layer": layer,
+        "hook": hook, "d_sae": shown, "d_sae_total": d_sae, "d_in": int(sae.cfg.d_in),
         "architecture": arch, "setting": setting, "heldout_tokens": n, "dense_threshold": DENSE_THRESHOLD,
         "n_dead": flags.count("dead"), "n_dense": flags.count("dense"), "chunk_size": CHUNK,
         "before": cfg.before, "after": cfg.after,
@@ -361,14 +365,17 @@ def build_browser(
 
 @torch.no_grad()
 def text_activations(
-    model: "TransformerBridge", sae: "SAE | TrainingSAE", layer: int, text: str,
+    model: "TransformerBridge", sae: "SAE | TrainingSAE", where: str | int, text: str,
 ) -> tuple[list[str], Float[Tensor, "pos d_sae"]]:
     """The tokens of ``text`` (after the model's BOS, if it has one) and every feature's activation at
-    each: one forward pass to ``layer``, the MLP output encoded by the SAE."""
-    from mechdemo.activations import mlp_outputs
+    each: one forward pass to the SAE's site (``where``: a site name, or a layer for its MLP output), the
+    activation there encoded by the SAE."""
+    from mechdemo.interventions import run
 
+    hook, layer = hook_of(where)
     tokens = model.to_tokens(text)  # BOS first, as the dataset's sequences
-    out = mlp_outputs(model, tokens, [layer])[layer][0]  # what extraction records (mechdemo.datasets)
+    _, acts_at = run(model, tokens, names=[hook], stop_at_layer=layer + 1)
+    out = acts_at[hook][0]  # what extraction records (mechdemo.datasets)
     acts = sae.encode(out.float().cpu().to(sae.W_dec.dtype))
     strings = [model.tokenizer.decode([int(t)]) for t in tokens[0]]
     bos = model.tokenizer.bos_token_id

@@ -44,7 +44,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechdemo.datasets import ActivationDataset, check_writable, folder_written_atomically, from_uint16
+from mechdemo.datasets import ActivationDataset, from_uint16
+from mechdemo.files import check_writable, folder_written_atomically
 from mechdemo.errors import MechdemoError
 from mechdemo.threads import fixed_threads
 
@@ -71,11 +72,16 @@ def default_layer(model_name: str, n_layers: int) -> int:
     return get_spec(model_name).default_sae_layer(n_layers)
 
 
-def mlp_hook_name(layer: int) -> str:
-    """The hook point whose value is the MLP output of ``layer`` (what the datasets store)."""
-    from mechdemo.interventions import site
+def hook_of(where: str | int) -> tuple[str, int]:
+    """``(site name, layer)`` of where an SAE reads: a per-layer site name, or a layer number (its MLP output,
+    what the course's datasets store)."""
+    from mechdemo.interventions import parse_site, site
 
-    return site("mlp_out", layer)
+    name = site("mlp_out", where) if isinstance(where, int) else where
+    layer = parse_site(name)[1]
+    if layer is None:
+        raise MechdemoError(f"an SAE here reads a per-layer site, not {name!r}")
+    return name, layer
 
 
 @dataclass(frozen=True)
@@ -184,8 +190,8 @@ def train_sae(
     check_batch_fits(dataset, train_shards, cfg.batch_size)  # before building anything
     c = dataset.manifest["config"]
     sae = make_sae(cfg, dataset.d_model, metadata={
-        "model_name": c["model"], "hook_name": mlp_hook_name(c["layer"]), "hook_head_index": None,
-        "layer": c["layer"], "dataset": str(dataset.path), "mechdemo": asdict(cfg),
+        "model_name": c["model"], "hook_name": dataset.site, "hook_head_index": None,
+        "layer": dataset.layer, "dataset": str(dataset.path), "mechdemo": asdict(cfg),
     })
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.training_tokens, train_batch_size_samples=cfg.batch_size, lr=cfg.lr, lr_end=cfg.lr / 10,
@@ -349,10 +355,11 @@ def heldout_sequences(
 
 @torch.no_grad()
 def spliced_loss(
-    sae: "SAE | TrainingSAE", model: "TransformerBridge", tokens: Int[Tensor, "batch pos"], layer: int,
+    sae: "SAE | TrainingSAE", model: "TransformerBridge", tokens: Int[Tensor, "batch pos"], where: str | int,
     batch_size: int = 8,
 ) -> dict[str, float]:
-    """Next-token loss with the SAE's reconstruction spliced in place of the MLP output of ``layer``.
+    """Next-token loss with the SAE's reconstruction spliced in place of the activation it reads
+    (``where``: a site name, or a layer number for its MLP output).
 
     Uses SAELens's ``get_recons_loss`` (clean, spliced and zero-ablated forward passes, per token) and
     averages over every predicted token except the BOS position's: ``ce_clean``, ``ce_spliced``,
@@ -365,6 +372,7 @@ def spliced_loss(
 
     from mechdemo.activations import check_layer
 
+    hook, layer = hook_of(where)
     check_layer(model, layer)
     sums = {"ce_loss_without_sae": 0.0, "ce_loss_with_sae": 0.0, "ce_loss_with_ablation": 0.0}
     count = 0
@@ -375,7 +383,7 @@ def spliced_loss(
         for start in range(0, len(tokens), batch_size):
             batch = tokens[start : start + batch_size].to(model.cfg.device)
             out = get_recons_loss(sae, model, ActivationScaler(), batch, compute_kl=False, compute_ce_loss=True,
-                                  hook_name=mlp_hook_name(layer))
+                                  hook_name=hook)
             for key in sums:
                 sums[key] += float(out[key].float().sum())
             count += out["ce_loss_without_sae"].numel()
@@ -391,10 +399,10 @@ def spliced_loss(
 
 @torch.no_grad()
 def spliced_losses(
-    saes: Sequence["SAE | TrainingSAE"], model: "TransformerBridge", tokens: Int[Tensor, "batch pos"], layer: int,
-    batch_size: int = 8,
+    saes: Sequence["SAE | TrainingSAE"], model: "TransformerBridge", tokens: Int[Tensor, "batch pos"],
+    where: str | int, batch_size: int = 8,
 ) -> list[dict[str, float]]:
-    """:func:`spliced_loss` of several SAEs of one layer, with the work they share done once.
+    """:func:`spliced_loss` of several SAEs of one site, with the work they share done once.
 
     The clean and the zero-ablated runs do not depend on the SAE: they run once. Each SAE's spliced
     run starts at ``layer`` from the clean run's residual stream (the blocks before it see nothing
@@ -409,9 +417,9 @@ def spliced_losses(
     from mechdemo.interventions import run, site
     from mechdemo.readout import logits_from_resid
 
+    hook, layer = hook_of(where)
     check_layer(model, layer)
     device = model.cfg.device
-    hook = mlp_hook_name(layer)
     resid_name = site("resid_pre", layer)
     sums = torch.zeros(len(saes) + 2, dtype=torch.float64)  # clean, zero ablation, each SAE
     count = 0
@@ -463,10 +471,9 @@ def evaluate_saes(
     x = from_uint16(dataset.shard_bits(heldout)[:max_tokens]).float()
     metrics = [reconstruction_metrics(sae, x) for sae in saes]
     if model is not None:
-        layer = dataset.manifest["config"]["layer"]
         tokens = heldout_sequences(dataset, heldout, dataset.manifest["config"]["seq_len"], bos_token_id(model),
                                    n_sequences)
-        for m, loss in zip(metrics, spliced_losses(saes, model, tokens, layer)):
+        for m, loss in zip(metrics, spliced_losses(saes, model, tokens, dataset.site)):
             m.update(loss)
     return metrics
 

@@ -24,6 +24,11 @@ from mechdemo.errors import CorruptFileError, MechdemoError, OutOfRangeError
 LAYER = 4
 # small enough to run in seconds, large enough for many shards
 ARGS = {"layer": LAYER, "seq_len": 64, "batch_size": 4, "shard_size": 300}
+# a transcoder's pairs and a probe's residual streams, from one forward pass
+MULTI_SITES = ("blocks.2.mlp.hook_in", "blocks.2.hook_mlp_out", "blocks.4.mlp.hook_in", "blocks.4.hook_mlp_out",
+               "blocks.2.hook_resid_post", "blocks.4.hook_resid_post")
+MULTI_CLI = ["--site", "mlp_in", "--site", "mlp_out", "--site", "resid_post", "--layers", "2,4"]
+FIXTURE = Path(__file__).parent / "fixtures" / "dataset-format1"  # written by mechdemo before datasets had sites
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +66,11 @@ def _cli_args(corpus: Path, out: Path) -> list[str]:
             "--shard-size", str(ARGS["shard_size"])]
 
 
-def _rows(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All rows of a dataset sorted by (doc_id, tok_pos): metadata [n, 3] and activation bits [n, d]."""
+def _rows(path: Path, site: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All rows of a dataset sorted by (doc_id, tok_pos): metadata [n, 3] and activation bits [n, d] (at ``site``)."""
     data = ActivationDataset(path, verify=True)
     meta = np.stack([data.column("doc_id"), data.column("tok_pos"), data.column("token_id")], axis=1)
-    bits = np.concatenate([data.shard_bits(i) for i in range(len(data.shards))])
+    bits = np.concatenate([data.shard_bits(i, site) for i in range(len(data.shards))])
     order = np.lexsort((meta[:, 1], meta[:, 0]))
     return meta[order], bits[order]
 
@@ -134,11 +139,12 @@ def test_norm_stats_are_the_rms_of_the_stored_values(reference):
     data = ActivationDataset(reference)
     x = data.activations(torch.float64)
     rms = x.pow(2).sum(1).mean().sqrt().item()
-    stats = json.loads((reference / "norm_stats.json").read_text())
+    stats = json.loads((reference / "norm_stats.json").read_text())[f"blocks.{LAYER}.hook_mlp_out"]
     assert stats["rms"] == pytest.approx(rms, rel=1e-9)
     assert stats["rms_per_element"] == pytest.approx(rms / x.shape[1] ** 0.5, rel=1e-9)
-    assert (stats["layer"], stats["model"], stats["dtype"], stats["tokens"]) == (LAYER, "smollm2-135m", "bfloat16",
-                                                                                  len(x))
+    assert (stats["site"], stats["model"], stats["dtype"], stats["tokens"]) == (
+        f"blocks.{LAYER}.hook_mlp_out", "smollm2-135m", "bfloat16", len(x))
+    assert data.norm_stats == stats
 
 
 def test_reader_batches_cover_every_row_once_shuffled_and_normalised(reference):
@@ -160,7 +166,70 @@ def test_info_cli(reference):
                          capture_output=True, text=True, check=True)
     info = json.loads(out.stdout)
     assert info["tokens"] == len(ActivationDataset(reference)) and info["layer"] == LAYER
+    assert info["sites"] == [f"blocks.{LAYER}.hook_mlp_out"]
     assert info["d_model"] == 576 and info["shards"] > 5
+
+
+# --- several sites, and datasets of the first format ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multi(model, corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("multi")
+    extract(_config(corpus, layer=None, sites=MULTI_SITES, max_tokens=900), out, model=model, progress=False)
+    return out
+
+
+def test_several_sites_come_from_one_forward_pass_and_equal_the_models(model, corpus, multi, reference):
+    """Every site's column equals the model's activation there (TransformerLens's own cache, in bf16), the
+    rows are the single-site dataset's, and the MLP output column is bit-identical to it."""
+    data = ActivationDataset(multi, verify=True)
+    assert data.sites == list(MULTI_SITES) and data.manifest["config"]["layer"] is None
+    meta, _ = _rows(multi, MULTI_SITES[0])
+    ref_meta, ref_bits = _rows(reference, f"blocks.{LAYER}.hook_mlp_out")
+    np.testing.assert_array_equal(meta, ref_meta[: len(meta)])
+    np.testing.assert_array_equal(_rows(multi, f"blocks.{LAYER}.hook_mlp_out")[1], ref_bits[: len(meta)])
+    docs = dict(iter_documents(str(corpus)))
+    doc_id = sorted(docs)[0]
+    ids = model.tokenizer(docs[doc_id], add_special_tokens=False).input_ids[: ARGS["seq_len"] - 1]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.tensor([[model.tokenizer.bos_token_id] + ids]), names_filter=list(MULTI_SITES))
+    rows = (meta[:, 0] == doc_id) & (meta[:, 1] < len(ids))
+    for site in MULTI_SITES:
+        stored = from_uint16(_rows(multi, site)[1][rows]).float()
+        torch.testing.assert_close(stored, cache[site][0, 1:].to(torch.bfloat16).float(), rtol=0.02, atol=0.02)
+        assert data.norm_stats_of(site)["rms"] == pytest.approx(data.activations(torch.float64, site).pow(2).sum(1)
+                                                                .mean().sqrt().item(), rel=1e-9)
+    with pytest.raises(MechdemoError, match="holds 6 sites.*select"):
+        data.site  # noqa: B018
+    assert data.select(MULTI_SITES[1]).layer == 2
+
+
+def test_paired_batches_hold_the_same_tokens(multi):
+    """Batches of two sites (a transcoder's input and output) are shuffled together, row for row."""
+    data = ActivationDataset(multi)
+    pairs = list(data.batches(batch_size=100, seed=3, site=MULTI_SITES[:2]))
+    x_in = torch.cat([a for a, _ in pairs])
+    x_out = torch.cat([b for _, b in pairs])
+    every_in, every_out = data.activations(site=MULTI_SITES[0]), data.activations(site=MULTI_SITES[1])
+    index = {tuple(r.tolist()): i for i, r in enumerate(every_in)}
+    order = torch.tensor([index[tuple(r.tolist())] for r in x_in])
+    assert not torch.equal(order, torch.arange(len(order)))  # shuffled
+    torch.testing.assert_close(x_out, every_out[order], rtol=0, atol=0)
+
+
+def test_a_dataset_of_the_first_format_still_opens_and_verifies():
+    """tests/fixtures/dataset-format1 was written by mechdemo before sites existed (one "act" column)."""
+    import pyarrow as pa
+
+    data = ActivationDataset(FIXTURE, verify=True)
+    assert data.format == 1 and data.sites == ["blocks.1.hook_mlp_out"] and data.layer == 1
+    direct = np.concatenate([pa.ipc.open_file(pa.memory_map(str(FIXTURE / s["file"]))).read_all().column("act")
+                             .combine_chunks().values.to_numpy().reshape(-1, data.d_model) for s in data.shards])
+    np.testing.assert_array_equal(np.concatenate([data.shard_bits(i) for i in range(len(data.shards))]), direct)
+    assert data.norm_stats["rms"] == pytest.approx(data.activations(torch.float64).pow(2).sum(1).mean().sqrt().item(), rel=1e-6)
+    assert len(torch.cat(list(data.batches(batch_size=16)))) == len(data) == 90
+    assert "--layer 1" in data.config_args()
 
 
 # --- crash safety -----------------------------------------------------------------------------
@@ -174,10 +243,19 @@ def _shards_done(out: Path) -> int:
 
 
 @pytest.mark.full  # three builder processes (each loads the model); fault tests run in `make check`
-def test_killed_twice_then_resumed_equals_uninterrupted(corpus, reference, tmp_path):
-    """SIGKILL the builder twice mid-run; the third run finishes, and the dataset is byte-identical."""
+@pytest.mark.parametrize("sites", ["mlp_out", "several"])
+def test_killed_twice_then_resumed_equals_uninterrupted(model, corpus, reference, tmp_path, sites):
+    """SIGKILL the builder twice mid-run; the third run finishes, and the dataset is byte-identical
+    (one site, and several sites of two layers stored from the same forward pass)."""
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "mechdemo", *_cli_args(corpus, out), "--json"]
+    args = _cli_args(corpus, out)
+    if sites != "mlp_out":
+        at = args.index("--layer")
+        args = args[:at] + args[at + 2 :] + MULTI_CLI
+    command = [sys.executable, "-m", "mechdemo", *args, "--json"]
+    if sites != "mlp_out":
+        reference = tmp_path / "multi-reference"
+        extract(_config(corpus, layer=None, sites=MULTI_SITES), reference, model=model, progress=False)
     n_shards = len(ActivationDataset(reference).shards)
     for kill_after in (2, n_shards // 2 + 1):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -193,8 +271,9 @@ def test_killed_twice_then_resumed_equals_uninterrupted(corpus, reference, tmp_p
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert json.loads(finished.stdout)["tokens"] == len(ActivationDataset(reference))
     assert _shard_hashes(out) == _shard_hashes(reference)
-    for a, b in zip(_rows(out), _rows(reference)):
-        np.testing.assert_array_equal(a, b)
+    for site in ActivationDataset(reference).sites:
+        for a, b in zip(_rows(out, site), _rows(reference, site)):
+            np.testing.assert_array_equal(a, b)
     assert not list(out.glob(".*.tmp"))
 
 
@@ -216,7 +295,7 @@ def test_corrupt_or_truncated_shard_is_detected_and_rebuilt_alone(model, corpus,
         ActivationDataset(out).table(1)  # reading without verification also refuses a truncated file
 
     untouched = {p.name: p.stat().st_mtime_ns for p in shards if p not in (truncated, flipped)}
-    extract(_config(corpus), out, model=model, progress=False)
+    extract(_config(corpus), out, model=model, progress=False)  # resumes, rebuilding only the two
     assert {p.name: p.stat().st_mtime_ns for p in shards if p.name in untouched} == untouched
     assert _shard_hashes(out) == _shard_hashes(reference)
     ActivationDataset(out, verify=True)
@@ -294,6 +373,6 @@ def test_two_processes_under_torchrun_equal_one(corpus, reference, tmp_path):
     # thread count may move the last fp32 bit of a few values across a bf16 rounding boundary
     assert (bits == ref_bits).mean() > 0.999
     torch.testing.assert_close(from_uint16(bits).float(), from_uint16(ref_bits).float(), rtol=0.01, atol=0.01)
-    stats, ref_stats = (json.loads((p / "norm_stats.json").read_text()) for p in (out, reference))
+    stats, ref_stats = (ActivationDataset(p).norm_stats for p in (out, reference))
     assert stats["tokens"] == ref_stats["tokens"]
     assert stats["rms"] == pytest.approx(ref_stats["rms"], rel=1e-4)

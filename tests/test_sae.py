@@ -262,4 +262,4 @@ def test_cli_train_then_eval(model, dataset, tmp_path, capsys, monkeypatch):
                               shard_size=300, max_tokens=900), other, model=model, progress=False)
     assert main(["sae", "eval", "--sae", str(out), "--data", str(other), "--json"]) == 2
     captured = capsys.readouterr()
-    assert "same model and layer" in captured.err and not captured.out
+    assert "same model and site" in captured.err and not captured.out

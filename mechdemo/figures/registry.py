@@ -52,6 +52,7 @@ import torch
 
 from mechdemo import __version__
 from mechdemo.errors import MechdemoError
+from mechdemo.files import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -241,12 +242,6 @@ def default_out_dir(model_name: str) -> Path:
     return img if model_name == DEFAULT_MODEL else img / model_name.split("/")[-1]
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Exclusive lock of ``out``'s manifest: two runs writing into one folder (two terminals, two
@@ -265,7 +260,8 @@ def read_manifest(out_dir: Path) -> dict:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return {"figures": {}}
-    return json.loads(path.read_text())
+    return read_json(path, "restore it with `git checkout img/manifest.json`, or delete it and run `mechdemo figures` "
+                           "(every figure is then made again)")
 
 
 def read_provenance(png: Path) -> dict:
@@ -412,7 +408,7 @@ def run_figures(
             manifest.setdefault("figures", {})[spec.name] = entry
             manifest["mechdemo_version"] = __version__
             manifest["model"] = spec_model.deck_facts()  # what the deck says about the model
-            _write_json_atomic(out / MANIFEST, manifest)
+            write_json_atomic(out / MANIFEST, manifest, fsync=False, ensure_ascii=False, newline=True)
         written[spec.name] = entry
     return written
 
@@ -428,7 +424,7 @@ def _forget_unregistered(out: Path) -> None:
                 (out / file).unlink(missing_ok=True)
             log.info("removed %s: no longer a registered figure", name)
         if stale:
-            _write_json_atomic(out / MANIFEST, manifest)
+            write_json_atomic(out / MANIFEST, manifest, fsync=False, ensure_ascii=False, newline=True)
 
 
 def time_table(entries: dict[str, dict]) -> str:

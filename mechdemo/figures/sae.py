@@ -49,7 +49,7 @@ def _train_samples(ctx: FigureContext) -> int:
 def _dataset(ctx: FigureContext):
     """The cached activation dataset of the middle layer (built on first use)."""
     from mechdemo.corpus import OFFLINE_CORPUS
-    from mechdemo.datasets import ActivationDataset, ExtractConfig, extract
+    from mechdemo.datasets import FORMAT, ActivationDataset, ExtractConfig, extract
     from mechdemo.kernels import kernels_tag
     from mechdemo.sae import TRAIN_THREADS, default_layer
     from mechdemo.threads import fixed_threads
@@ -65,7 +65,7 @@ def _dataset(ctx: FigureContext):
         # the kernels and dtype in the name: a dataset computed under others would give other SAEs
         # (mechdemo.kernels)
         out = (cache_root() / "activations"
-               / f"{ctx.model_name}-mlp{layer}-{OFFLINE_CORPUS}-{tokens}-{dtype}-{kernels_tag()}")
+               / f"{ctx.model_name}-mlp{layer}-{OFFLINE_CORPUS}-{tokens}-{dtype}-{kernels_tag()}-f{FORMAT}")
         # the SAEs' training data must not depend on the machine either: extraction on the thread
         # count SAE training uses, whatever MECHDEMO_FIGURE_THREADS says
         with fixed_threads(TRAIN_THREADS):
@@ -189,7 +189,7 @@ def _features(ctx: FigureContext) -> dict:
                 "frequent_share": share,
                 "promoted": logits,
             })
-        return {"layer": data.manifest["config"]["layer"], "arch": arch, "fields": fields, "d_sae": sae.cfg.d_sae,
+        return {"layer": data.layer, "arch": arch, "fields": fields, "d_sae": sae.cfg.d_sae,
                 "heldout_tokens": len(x), "features": shown}
 
     return ctx.computed("sae.features", compute)
@@ -332,7 +332,7 @@ def sae_tradeoff(ctx: FigureContext) -> FigureOutput:
 
     runs = _sweep(ctx)
     data = _dataset(ctx)
-    layer = data.manifest["config"]["layer"]
+    layer = data.layer
     curves = {}
     for arch in SWEEP:
         points = sorted((r for r in runs if r["arch"] == arch), key=lambda r: r["metrics"]["l0"])
