@@ -4,7 +4,7 @@ The issue's budget: the browser of the 1,152-feature SAE that ``make figures`` t
 most 60 s on this 2-core CPU, at most 5 MB. Measured here on an SAE of that shape (the figures'
 TopK k=32 on the offline model's middle layer, trained on the same kind of dataset):
 
-1. :func:`mechdemo.feature_browser.compute_browser`: one batched encoding pass over the held-out
+1. :func:`mechdemo.sae.feature_pages`: one batched encoding pass over the held-out
    shard, every non-zero activation kept and sorted once; then writing the site;
 2. the per-feature approach of a dashboard that computes one feature at a time (encode the whole
    held-out shard, read one column, sort it): measured on a sample of features and extrapolated
@@ -24,9 +24,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main(sample: int = 16) -> None:
-    from mechdemo.corpus import OFFLINE_CORPUS
-    from mechdemo.datasets import ActivationDataset, ExtractConfig, extract, from_uint16
-    from mechdemo.feature_browser import BrowserConfig, compute_browser, site_bytes, ui_strings, write_site
+    from mechdemo.data.corpus import OFFLINE_CORPUS
+    from mechdemo.data import ActivationDataset, ExtractConfig, extract, from_uint16
+    from mechdemo.sae import FeaturePagesConfig, feature_pages
+    from mechdemo.sites import site_bytes, ui_strings, write_browser
     from mechdemo.figures.i18n import LANGUAGES, translations
     from mechdemo.models import load_model
     from mechdemo.sae import SAETrainConfig, default_layer, split_shards, train_sae
@@ -43,9 +44,9 @@ def main(sample: int = 16) -> None:
         ui = {lang: translations(ui_strings(), lang) for lang in LANGUAGES}
 
         start = time.perf_counter()
-        site = compute_browser(sae, data, model, BrowserConfig(), progress=False)
+        site = feature_pages(sae, data, model, FeaturePagesConfig(), progress=False)
         computed = time.perf_counter() - start
-        files = write_site(site, Path(tmp) / "site", ui)
+        files = write_browser(site, Path(tmp) / "site", ui)
         built = time.perf_counter() - start
         size = site_bytes(Path(tmp) / "site")
 

@@ -24,15 +24,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main(sample_edges: int = 20) -> None:
     from mechdemo.circuit_discovery import ioi_pairs, ioi_prompt_sets
-    from mechdemo.edge_attribution import IG_STEPS, edge_scores
-    from mechdemo.edge_patching import (
-        Graph, baselines, faithfulness, forward_to_final_resid, prune, sender_outputs, top_edges,
+    from mechdemo.circuit_discovery import IG_STEPS, edge_scores
+    from mechdemo.circuit_discovery import (
+        ComputeGraph, baselines, edge_patching_faithfulness, forward_to_final_resid, prune_circuit, sender_outputs,
+        top_edges,
     )
     from mechdemo.interventions import switches_on
     from mechdemo.models import load_model
 
     model = load_model(device="cpu")
-    graph = Graph.of(model)
+    graph = ComputeGraph.of(model)
     discovery, evaluation = ioi_prompt_sets(model)
     pairs = ioi_pairs(model, discovery)
     n = sum(p.n for p in pairs)
@@ -49,10 +50,10 @@ def main(sample_edges: int = 20) -> None:
     print(f"EAP-IG scores ({IG_STEPS} steps), every edge:     {t_ig:6.1f} s   (budget 60 s)")
 
     base = baselines(model, graph, ioi_pairs(model, evaluation))
-    circuit = prune(top_edges(eap_ig, graph, 3000), graph)
-    faithfulness(model, graph, base, circuit)  # warm-up
+    circuit = prune_circuit(top_edges(eap_ig, graph, 3000), graph)
+    edge_patching_faithfulness(model, graph, base, circuit)  # warm-up
     t0 = time.perf_counter()
-    f = faithfulness(model, graph, base, circuit)
+    f = edge_patching_faithfulness(model, graph, base, circuit)
     t_eval = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mechdemo.activations import record
-    from mechdemo.datasets import ExtractConfig, _activations, extract, plan_shards, to_uint16
+    from mechdemo.data import ExtractConfig, _activations, extract, plan_shards, to_uint16
     from mechdemo.models import load_model
 
     model = load_model(device="cpu")

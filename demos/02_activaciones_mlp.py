@@ -38,6 +38,7 @@ from scipy.stats import norm
 from sklearn.metrics import silhouette_score
 
 from mechdemo.activations import DOMAIN_TEXTS, describe, mlp_outputs, pca_2d, record, tsne_2d
+from mechdemo.interventions import site
 from mechdemo.models import load_model
 
 start = time.perf_counter()
@@ -75,12 +76,14 @@ except RuntimeError as err:
 assert len(mlp._forward_hooks) == hooks_before
 
 # %% [markdown]
-# Lo capturado es exactamente lo que TransformerLens llama `blocks.{n}.hook_mlp_out`:
+# Lo capturado es exactamente el *site* `mlp_out` de esa capa, el *hook point* que TransformerLens llama
+# `blocks.{n}.hook_mlp_out` (`site` da el nombre; `mechdemo.interventions.SITES` lista todos los *sites*).
+# Aquí lo leemos con la caché de TransformerLens, como comprobación independiente:
 
 # %%
 with torch.no_grad():
-    _, cache = model.run_with_cache(tokens, names_filter=[f"blocks.{LAYER}.hook_mlp_out"])
-same = torch.allclose(x, cache[f"blocks.{LAYER}.hook_mlp_out"], atol=1e-5)
+    _, cache = model.run_with_cache(tokens, names_filter=[site("mlp_out", LAYER)])
+same = torch.allclose(x, cache[site("mlp_out", LAYER)], atol=1e-5)
 print("¿igual a hook_mlp_out?", same)
 assert same
 

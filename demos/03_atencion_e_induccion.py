@@ -40,6 +40,7 @@ import torch
 from IPython.display import display
 
 from mechdemo.heads import HEAD_TYPES, per_token_loss, standard_head_scores, top_heads
+from mechdemo.interventions import run, site, sites
 from mechdemo.models import load_model
 from mechdemo.tokens import repeated_random_tokens
 
@@ -91,9 +92,9 @@ tokens = model.to_tokens(SENTENCE)
 labels = ["BOS"] + model.to_str_tokens(tokens[0])[1:]
 chosen = {kind: top_heads(scores[kind], 1)[0] for kind in HEAD_TYPES}
 layers = sorted({l for l, _, _ in chosen.values()})
-with torch.no_grad():
-    _, cache = model.run_with_cache(tokens, names_filter=[f"blocks.{l}.attn.hook_pattern" for l in layers])
-patterns = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, h].float().cpu() for l, h, _ in chosen.values()])
+with torch.no_grad():  # run: una pasada hacia delante que guarda los sites pedidos (mechdemo.interventions)
+    _, cache = run(model, tokens, names=sites("pattern", layers))
+patterns = torch.stack([cache[site("pattern", l)][0, h].float().cpu() for l, h, _ in chosen.values()])
 display(cv.attention.attention_heads(
     attention=patterns, tokens=labels,
     attention_head_names=[f"{kind} L{l}H{h}" for kind, (l, h, _) in chosen.items()],
@@ -106,8 +107,8 @@ display(cv.attention.attention_heads(
 # %%
 il, ih, _ = chosen["induction"]
 with torch.no_grad():
-    _, cache = model.run_with_cache(tokens, names_filter=[f"blocks.{il}.attn.hook_pattern"])
-display(cv.attention.attention_patterns(tokens=labels, attention=cache[f"blocks.{il}.attn.hook_pattern"][0].float().cpu()))
+    _, cache = run(model, tokens, names=[site("pattern", il)])
+display(cv.attention.attention_patterns(tokens=labels, attention=cache[site("pattern", il)][0].float().cpu()))
 
 # %% [markdown]
 # En la segunda mitad de la frase, la *induction head* mira al *token* que vino **después** de la
@@ -145,8 +146,8 @@ plt.show()
 
 # %%
 with torch.no_grad():
-    _, cache = model.run_with_cache(rep[:2], names_filter=[f"blocks.{il}.attn.hook_pattern"])
-pattern = cache[f"blocks.{il}.attn.hook_pattern"][:, ih].float().cpu()  # [batch, query, key]
+    _, cache = run(model, rep[:2], names=[site("pattern", il)])
+pattern = cache[site("pattern", il)][:, ih].float().cpu()  # [batch, query, key]
 stripe = pattern.diagonal(offset=-(SEQ_LEN - 1), dim1=-2, dim2=-1)[:, -SEQ_LEN:]
 print(f"L{il}H{ih}: atención media a la posición de inducción {stripe.mean():.2f}")
 plt.imshow(pattern[0].numpy(), cmap="Blues")
@@ -159,12 +160,12 @@ plt.show()
 # ## Ejercicios (de la presentación)
 #
 # 1. **Detectar *induction heads* a mano**: sin `standard_head_scores`, calcula el *score* de
-#    inducción de cada *head* con un *hook* en `blocks.{l}.attn.hook_pattern` sobre una secuencia
+#    inducción de cada *head* con un *hook* en `site("pattern", l)` sobre una secuencia
 #    repetida **nueva** (otra semilla, R de 30 *tokens*): la atención media de la segunda mitad a la
 #    diagonal desplazada. ¿Salen las mismas *heads* arriba?
 # 2. **QK posicional**: en GPT-2 (posiciones aprendidas) el circuito QK posicional es la matriz
-#    `W_pos W_QK W_posᵀ` (`mechdemo.circuits.positional_qk`). En modelos con RoPE (SmolLM2, Llama) no
-#    hay `W_pos`: `mechdemo.circuits.mean_score_by_offset` mide lo que esa matriz mostraría, el
+#    `W_pos W_QK W_posᵀ` (`mechdemo.weight_circuits.positional_qk`). En modelos con RoPE (SmolLM2, Llama) no
+#    hay `W_pos`: `mechdemo.weight_circuits.mean_score_by_offset` mide lo que esa matriz mostraría, el
 #    *score* medio (antes del `softmax`) según la distancia `q − k`. Míralo para la mejor
 #    *previous-token head*: ¿en qué distancia es máximo?
 #
@@ -185,9 +186,8 @@ def induction_hook(layer: int):
     return hook
 
 
-with torch.no_grad():
-    model.run_with_hooks(fresh, return_type=None, fwd_hooks=[
-        (f"blocks.{l}.attn.hook_pattern", induction_hook(l)) for l in range(model.cfg.n_layers)])
+with torch.no_grad():  # una intervención que solo lee: un hook por capa durante una pasada
+    run(model, fresh, [(site("pattern", l), induction_hook(l)) for l in range(model.cfg.n_layers)])
 print("a mano:     ", [f"L{l}H{h} {s:.2f}" for l, h, s in top_heads(mine, 5)])
 print("biblioteca: ", [f"L{l}H{h} {s:.2f}" for l, h, s in top_heads(scores["induction"], 5)])
 overlap = {(l, h) for l, h, _ in top_heads(mine, 5)} & {(l, h) for l, h, _ in top_heads(scores["induction"], 5)}
@@ -196,7 +196,7 @@ assert len(overlap) >= 3
 
 # %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
 # @title Solución 2
-from mechdemo.circuits import mean_score_by_offset, positional_qk
+from mechdemo.weight_circuits import mean_score_by_offset, positional_qk
 
 pl, ph, _ = chosen["previous_token"]
 if model.cfg.positional_embedding_type == "standard":  # GPT-2: W_pos existe

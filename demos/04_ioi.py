@@ -182,7 +182,7 @@ print("mayor efecto negativo:", [f"L{l}H{h} {-v:+.2f}" for l, h, v in top_heads(
 # El resto del circuito (*S-inhibition heads*, *induction* y *duplicate-token heads*,
 # *previous-token heads*, *backup name movers*) se encuentra repitiendo esto hacia atrás: *heads* →
 # *queries* de los *name movers*, *heads* → *values* de las *S-inhibition heads*, etc.
-# `mechdemo.ioi_circuit.find_ioi_circuit(model, batch)` lo hace entero (o `mechdemo ioi --circuit`, unos
+# `mechdemo.ioi.find_ioi_circuit(model, batch)` lo hace entero (o `mechdemo ioi --circuit`, unos
 # minutos en CPU); las figuras `img/es/path-patching.png` y `img/es/ioi-circuit.png` muestran el
 # resultado en SmolLM2.
 #
@@ -197,11 +197,12 @@ print("mayor efecto negativo:", [f"L{l}H{h} {-v:+.2f}" for l, h, v in top_heads(
 # segundos; `mechdemo circuit` hace lo mismo desde la terminal (y con tus *prompts*: `--prompts`).
 
 # %%
-from mechdemo.circuit_discovery import edge_list, faithfulness_curve, heads_in, ioi_pairs
-from mechdemo.edge_attribution import IG_STEPS, edge_scores
-from mechdemo.edge_patching import Graph, baselines, prune, top_edges
+from mechdemo.circuit_discovery import (
+    IG_STEPS, ComputeGraph, baselines, edge_list, edge_scores, faithfulness_curve, heads_in, ioi_pairs,
+    prune_circuit, top_edges,
+)
 
-graph = Graph.of(model)
+graph = ComputeGraph.of(model)
 discovery = [ioi_batch(model, template=t, n=4, seed=0) for t in (0, 1)]  # dos longitudes de prompt
 held_out = [ioi_batch(model, template=t, n=4, seed=1) for t in (0, 1)]  # otros nombres, lugares, objetos
 scores = edge_scores(model, graph, ioi_pairs(model, discovery), steps=IG_STEPS)
@@ -213,7 +214,7 @@ base = baselines(model, graph, ioi_pairs(model, held_out))
 curve = faithfulness_curve(model, graph, base, scores, [30, 300, 3000, 30000])
 for point in curve:
     print(f"top {point['top']:>6,} edges → {point['edges']:>6,} tras podar: faithfulness {point['faithfulness']:.2f}")
-circuit = prune(top_edges(scores, graph, 3000), graph)
+circuit = prune_circuit(top_edges(scores, graph, 3000), graph)
 print("heads del circuito de 3.000 edges:", ", ".join(f"L{l}H{h}" for l, h in heads_in(graph, circuit)[:20]), "...")
 assert curve[-1]["faithfulness"] > curve[0]["faithfulness"]
 
@@ -229,7 +230,7 @@ assert curve[-1]["faithfulness"] > curve[0]["faithfulness"]
 # 2. ***Activation patching* y ablación**: en esa plantilla, haz *activation patching* de la salida
 #    de cada *head* y compara sus 5 *heads* principales con las de DLA. Después, sustituye la salida
 #    de las 3 *heads* con mayor DLA por su media sobre los *prompts* corruptos (*mean ablation*,
-#    `mechdemo.ablation`) y mide cuánto cae la *logit difference*.
+#    `mechdemo.mean_ablation`) y mide cuánto cae la *logit difference*.
 # 3. **EAP frente a EAP-IG**: puntúa los *edges* con un solo paso (`steps=1`, EAP) y compara la
 #    *faithfulness* del circuito de sus 3.000 mejores *edges* con la del de EAP-IG.
 #
@@ -250,7 +251,7 @@ assert torch.allclose(dla2.parts_sum(), dla2.total, atol=1e-3)
 
 # %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
 # @title Solución 2
-from mechdemo.ablation import logit_diff_with_ablation, mean_head_outputs
+from mechdemo.mean_ablation import logit_diff_with_ablation, mean_head_outputs
 
 run2 = prepare_ioi(model, other.subset(slice(0, 4)))  # 4 prompts (2 ABBA, 2 BABA): la mitad de tiempo
 patch2 = patch_heads(run2, "z")
@@ -266,9 +267,9 @@ assert after < before
 
 # %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
 # @title Solución 3
-from mechdemo.edge_patching import faithfulness
+from mechdemo.circuit_discovery import edge_patching_faithfulness
 
 eap = edge_scores(model, graph, ioi_pairs(model, discovery), steps=1)
 for name, s in (("EAP", eap), ("EAP-IG", scores)):
-    c = prune(top_edges(s, graph, 3000), graph)
-    print(f"{name:>6}: {int(c.sum()):,} edges, faithfulness {faithfulness(model, graph, base, c):.2f}")
+    c = prune_circuit(top_edges(s, graph, 3000), graph)
+    print(f"{name:>6}: {int(c.sum()):,} edges, faithfulness {edge_patching_faithfulness(model, graph, base, c):.2f}")

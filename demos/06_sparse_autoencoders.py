@@ -43,14 +43,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mechdemo.corpus import OFFLINE_CORPUS
-from mechdemo.datasets import ActivationDataset, ExtractConfig, extract, from_uint16
-from mechdemo.figures.sae import pick_features
+from mechdemo.data import OFFLINE_CORPUS, ActivationDataset, ExtractConfig, extract, from_uint16
 from mechdemo.models import load_model
 from mechdemo.sae import (
     SAETrainConfig,
     default_layer,
     evaluate_sae,
+    pick_features,
     promoted_tokens,
     split_shards,
     token_contexts,
@@ -67,7 +66,7 @@ print(f"{model.cfg.model_name} cargado en {time.perf_counter() - start:.1f} s; S
 # %% [markdown]
 # ## 1. Un *dataset* de activaciones
 #
-# `mechdemo.datasets.extract` parte cada documento en fragmentos de 128 *tokens* que empiezan por
+# `mechdemo.data.extract` parte cada documento en fragmentos de 128 *tokens* que empiezan por
 # BOS, corre el modelo **solo hasta la capa `LAYER`** y guarda la salida de su MLP para cada *token*
 # (sin BOS, EOS ni *padding*) en *shards* Arrow, en bf16 bit a bit. El último *shard* queda fuera del
 # entrenamiento (*held-out*) para evaluar. Lo hacemos en una carpeta temporal que se borra al final.
@@ -81,7 +80,7 @@ extract(config, workdir / "acts", model=model, progress=False)
 data = ActivationDataset(workdir / "acts", verify=True)
 info = data.info()
 print(f"{info['tokens']:,} tokens en {info['shards']} shards ({info['bytes'] / 1e6:.0f} MB) en "
-      f"{time.perf_counter() - start:.0f} s; RMS de las activaciones {info['norm_stats']['rms']:.1f}")
+      f"{time.perf_counter() - start:.0f} s; RMS de las activaciones {data.norm_stats['rms']:.1f}")
 train_shards, (heldout,) = split_shards(data)
 print(f"entrenamiento: shards {train_shards}; held-out: shard {heldout} ({data.shards[heldout]['rows']:,} tokens)")
 
@@ -156,7 +155,8 @@ assert len(features) > 0
 import sys
 import webbrowser
 
-from mechdemo.feature_browser import build_browser, highlight_html, site_bytes, text_activations, ui_strings
+from mechdemo.sae import text_activations
+from mechdemo.sites import build_browser, highlight_html, site_bytes, ui_strings
 from mechdemo.figures.i18n import translations
 
 start = time.perf_counter()

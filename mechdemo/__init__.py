@@ -15,4 +15,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+source"
 
+from mechdemo.deprecated import install as _install_moved_paths  # noqa: E402
+
+_install_moved_paths()  # the 0.1 module paths (mechdemo.datasets, ...) keep working for one release
+
 __all__ = ["__version__"]

@@ -48,6 +48,13 @@ class DLA:
     constant: Float[Tensor, " n"]  # final-norm bias and unembedding bias
     total: Float[Tensor, " n"]  # the model's logit difference
 
+    @classmethod
+    def concatenate(cls, parts: "list[DLA]", order: Int[Tensor, " n"] | None = None) -> "DLA":
+        """The prompts of several DLAs (one per batch) as one, in ``order`` if given (a permutation)."""
+        fields = ("heads", "attn_bias", "mlp", "embed", "constant", "total")
+        joined = [torch.cat([getattr(p, f) for p in parts]) for f in fields]
+        return cls(*(j if order is None else j[order] for j in joined))
+
     def parts_sum(self) -> Float[Tensor, " n"]:
         return self.heads.sum((1, 2)) + self.attn_bias.sum(1) + self.mlp.sum(1) + self.embed + self.constant
 

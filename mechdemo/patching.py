@@ -140,7 +140,6 @@ def prepare(
     if clean_tokens.shape != corrupted_tokens.shape:
         raise ValueError(f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} differ")
     names = _cached_names(model)
-    device = model.cfg.device
     caches = []
     for tokens in (clean_tokens, corrupted_tokens):
         with torch.no_grad():

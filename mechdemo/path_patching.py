@@ -44,7 +44,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechdemo.circuits import kv_head
+from mechdemo.weight_circuits import kv_head
 from mechdemo.forward import run_blocks
 from mechdemo.interventions import recorder, replace, site
 from mechdemo.patching import MAX_TOKENS_PER_FORWARD, PatchingRun, suffix_activation

@@ -90,7 +90,7 @@ def small_figure_run(tmp_path, monkeypatch, model):
             if FIGURES[name].site:  # a static site (the SAE browser): its pages per language, its provenance
                 assert set(FIGURES[name].outputs) <= set(entry["files"])
                 assert all((out / f).stat().st_size > 0 for f in entry["files"])
-                from mechdemo.feature_browser import MARKER
+                from mechdemo.sites.feature_browser import MARKER
 
                 marker = json.loads((out / name / MARKER).read_text())
                 assert marker["figure"] == name and marker["model"] == DEFAULT_MODEL

@@ -23,7 +23,7 @@ TEXT = ("Interpretability asks how a network computes what it computes. " * 3 + 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, model):
     """A real activation dataset of a few hundred tokens in three shards."""
-    from mechdemo.datasets import ExtractConfig, extract
+    from mechdemo.data import ExtractConfig, extract
     from mechdemo.models import DEFAULT_MODEL
 
     root = tmp_path_factory.mktemp("bad-input")
@@ -140,7 +140,7 @@ CASES = [
      ["--data", "not an activation dataset", "mechdemo extract"]),
     ("sae-data-is-an-sae", "sae train --data {tmp}/an-sae --out {tmp}/s", ["sae:an-sae"], "{tmp}/an-sae",
      ["--data", "holds an SAE", "--sae"]),
-    ("sae-train-without-out", "sae train --data {data}", [], None, ["needs --out"]),
+    ("sae-train-without-out", "sae train --data {data}", [], None, ["--out", "required"]),
     ("sae-out-existing-sae", "sae train --data {data} --out {tmp}/old", ["sae:old"], "{tmp}/old",
      ["--out", "already holds an SAE", "--overwrite"]),
     ("sae-out-is-a-file", "sae train --data {data} --out {tmp}/taken", ["file:taken"], "{tmp}/taken",
@@ -148,7 +148,10 @@ CASES = [
     ("sae-out-foreign-folder", "sae train --data {data} --out {tmp}/theirs", ["foreign:theirs"], "{tmp}/theirs",
      ["--out", "something other than an SAE"]),
     ("sae-out-inside-dataset", "sae train --data {data} --out {data}/sae", [], "{data}", ["--out", "inside the dataset"]),
-    ("sae-eval-without-sae", "sae eval --data {data}", [], None, ["needs --sae"]),
+    ("sae-eval-without-sae", "sae eval --data {data}", [], None, ["--sae", "required"]),
+    ("sae-eval-with-training-flags", "sae eval --data {data} --sae {tmp}/s --k 8", [], None, ["unrecognized", "--k"]),
+    ("sae-browse-with-training-flags", "sae browse --data {data} --sae {tmp}/s --out {tmp}/b --architecture relu", [],
+     None, ["unrecognized", "--architecture"]),
     ("sae-eval-sae-is-a-dataset", "sae eval --data {data} --sae {data}", [], "{data}", ["--sae", "not a saved SAE"]),
     ("sae-batch-larger-than-dataset", "sae train --data {data} --out {tmp}/s --batch-size 4096 --tokens 8192",
      [], "{tmp}/s", ["fewer than one batch", "--batch-size"]),
@@ -212,7 +215,7 @@ def test_an_unwritable_output_is_found_before_training(dataset, tmp_path, capsys
 
 
 def test_a_long_single_document_txt_is_split_into_paragraphs_not_dropped(tmp_path):
-    from mechdemo.corpus import MAX_CHARS, iter_documents
+    from mechdemo.data.corpus import MAX_CHARS, iter_documents
 
     corpus = tmp_path / "book.txt"
     paragraph = "A sentence about attention heads and what they move. " * 20
@@ -223,7 +226,7 @@ def test_a_long_single_document_txt_is_split_into_paragraphs_not_dropped(tmp_pat
 
 
 def test_non_utf8_and_non_string_text_name_the_file_and_line(tmp_path):
-    from mechdemo.corpus import iter_documents
+    from mechdemo.data.corpus import iter_documents
     from mechdemo.errors import MechdemoError
 
     latin = make(tmp_path, "latin1:old.txt")
@@ -236,7 +239,7 @@ def test_non_utf8_and_non_string_text_name_the_file_and_line(tmp_path):
 
 
 def test_a_corpus_the_filter_empties_is_an_error_and_leaves_no_folder(model, tmp_path):
-    from mechdemo.datasets import ExtractConfig, extract
+    from mechdemo.data import ExtractConfig, extract
     from mechdemo.errors import MechdemoError
     from mechdemo.models import DEFAULT_MODEL
 
@@ -249,7 +252,7 @@ def test_a_corpus_the_filter_empties_is_an_error_and_leaves_no_folder(model, tmp
 
 
 def test_sae_overwrite_replaces_an_sae_and_a_failed_save_keeps_the_old_one(dataset, tmp_path, monkeypatch):
-    from mechdemo.datasets import ActivationDataset
+    from mechdemo.data import ActivationDataset
     from mechdemo.errors import MechdemoError
     from mechdemo.sae import SAETrainConfig, load_sae, save_sae, train_sae
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from mechdemo import edge_patching as ep
+from mechdemo import circuit_discovery as ep
 from mechdemo.circuit_discovery import curve_sizes, heads_in, node_circuit, smallest_circuit
 from mechdemo.cli import main
 from mechdemo.errors import MechdemoError
@@ -39,7 +39,7 @@ def test_curve_sizes_are_log_spaced_up_to_the_whole_graph():
 
 
 def test_a_node_circuit_holds_exactly_the_edges_among_its_nodes():
-    graph = ep.Graph(n_layers=3, n_heads=4, n_kv_heads=2)
+    graph = ep.ComputeGraph(n_layers=3, n_heads=4, n_kv_heads=2)
     circuit = node_circuit(graph, [(0, 1), (2, 3)])
     on = lambda s, r: bool(circuit[s, r])  # noqa: E731
     assert on(graph.head(0, 1), graph.q(2).start + 3)  # a circuit head into a circuit head's query
@@ -53,7 +53,7 @@ def test_a_node_circuit_holds_exactly_the_edges_among_its_nodes():
 
 def test_the_smallest_circuit_is_measured_and_reaches_the_target(random_bridge):
     model = random_bridge("gpt2")
-    graph = ep.Graph.of(model)
+    graph = ep.ComputeGraph.of(model)
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(100, 5000, (4, 8), generator=g)
     corrupted = clean.clone()
@@ -63,7 +63,7 @@ def test_the_smallest_circuit_is_measured_and_reaches_the_target(random_bridge):
     scores = ep.random_scores(graph, seed=2)
     found = smallest_circuit(model, graph, base, scores, 0.5)
     assert found["reached"] and found["faithfulness"] >= 0.5
-    assert found["faithfulness"] == pytest.approx(ep.faithfulness(model, graph, base, found["circuit"]))
+    assert found["faithfulness"] == pytest.approx(ep.edge_patching_faithfulness(model, graph, base, found["circuit"]))
     assert found["edges"] == int(found["circuit"].sum()) <= found["top"]
     assert not smallest_circuit(model, graph, base, scores, 1.5)["reached"]
 
@@ -108,7 +108,7 @@ def test_circuit_cli_finds_and_measures_a_circuit(model, monkeypatch, capsys, tm
     assert main(["circuit", "--method", "eap", "--edges", "300", "--n", "1", "--top", "5", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"model", "method", "n_edges", "top_edges", "circuit", "circuit_edges", "prompts"} <= set(out)
-    assert out["n_edges"] == ep.Graph.of(model).n_edges == 70651
+    assert out["n_edges"] == ep.ComputeGraph.of(model).n_edges == 70651
     assert len(out["top_edges"]) == 5 and out["circuit"]["edges"] == len(out["circuit_edges"]) <= 300
     scores = [abs(e["score"]) for e in out["top_edges"]]
     assert scores == sorted(scores, reverse=True)

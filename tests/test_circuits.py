@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformer_lens.utilities.matrix import composition_scores
 
-from mechdemo.circuits import (
+from mechdemo.weight_circuits import (
     check_head,
     copying_scores,
     effective_embedding,

@@ -17,16 +17,16 @@ import pytest
 import torch
 
 from mechdemo.activations import mlp_outputs
-from mechdemo.corpus import chunk_document, iter_documents
-from mechdemo.datasets import ActivationDataset, ExtractConfig, extract, from_uint16, to_uint16
+from mechdemo.data.corpus import chunk_document, iter_documents
+from mechdemo.data import ActivationDataset, ExtractConfig, extract, from_uint16, to_uint16
 from mechdemo.errors import CorruptFileError, MechdemoError, OutOfRangeError
 
 LAYER = 4
 # small enough to run in seconds, large enough for many shards
 ARGS = {"layer": LAYER, "seq_len": 64, "batch_size": 4, "shard_size": 300}
 # a transcoder's pairs and a probe's residual streams, from one forward pass
-MULTI_SITES = ("blocks.2.mlp.hook_in", "blocks.2.hook_mlp_out", "blocks.4.mlp.hook_in", "blocks.4.hook_mlp_out",
-               "blocks.2.hook_resid_post", "blocks.4.hook_resid_post")
+MULTI_SITES = ("blocks.2.mlp.hook_in", "blocks.4.mlp.hook_in", "blocks.2.hook_mlp_out", "blocks.4.hook_mlp_out",
+               "blocks.2.hook_resid_post", "blocks.4.hook_resid_post")  # the order MULTI_CLI gives
 MULTI_CLI = ["--site", "mlp_in", "--site", "mlp_out", "--site", "resid_post", "--layers", "2,4"]
 FIXTURE = Path(__file__).parent / "fixtures" / "dataset-format1"  # written by mechdemo before datasets had sites
 
@@ -202,16 +202,17 @@ def test_several_sites_come_from_one_forward_pass_and_equal_the_models(model, co
                                                                 .mean().sqrt().item(), rel=1e-9)
     with pytest.raises(MechdemoError, match="holds 6 sites.*select"):
         data.site  # noqa: B018
-    assert data.select(MULTI_SITES[1]).layer == 2
+    assert data.select("blocks.4.mlp.hook_in").layer == 4
 
 
 def test_paired_batches_hold_the_same_tokens(multi):
     """Batches of two sites (a transcoder's input and output) are shuffled together, row for row."""
     data = ActivationDataset(multi)
-    pairs = list(data.batches(batch_size=100, seed=3, site=MULTI_SITES[:2]))
+    pair = ("blocks.2.mlp.hook_in", "blocks.2.hook_mlp_out")
+    pairs = list(data.batches(batch_size=100, seed=3, site=pair))
     x_in = torch.cat([a for a, _ in pairs])
     x_out = torch.cat([b for _, b in pairs])
-    every_in, every_out = data.activations(site=MULTI_SITES[0]), data.activations(site=MULTI_SITES[1])
+    every_in, every_out = data.activations(site=pair[0]), data.activations(site=pair[1])
     index = {tuple(r.tolist()): i for i, r in enumerate(every_in)}
     order = torch.tensor([index[tuple(r.tolist())] for r in x_in])
     assert not torch.equal(order, torch.arange(len(order)))  # shuffled

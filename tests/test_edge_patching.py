@@ -17,8 +17,8 @@ import random
 import pytest
 import torch
 
-from mechdemo import edge_patching as ep
-from mechdemo.edge_attribution import eap_and_eap_ig, edge_scores
+from mechdemo import circuit_discovery as ep
+from mechdemo.circuit_discovery.eap import eap_and_eap_ig, edge_scores
 from mechdemo.interventions import SWITCHES, switches_on
 from mechdemo.metrics import KLToClean, LogitDifference, AnswerProbability, normalize
 
@@ -44,7 +44,7 @@ def tiny():
                 corrupted[:, pos // 2] = torch.randint(100, 5000, (n,), generator=g)  # one token differs
                 correct, incorrect = torch.randint(100, 5000, (n,), generator=g), torch.randint(100, 5000, (n,), generator=g)
                 groups.append(ep.PromptPairs(clean, corrupted, LogitDifference(correct, incorrect)))
-            built[arch] = (model, ep.Graph.of(model), groups)
+            built[arch] = (model, ep.ComputeGraph.of(model), groups)
         return built[arch]
 
     return get
@@ -61,7 +61,7 @@ def test_the_graph_counts_edges_as_the_papers_do(arch, tiny):
     expected = sum((2 * K + H) * (1 + layer * (H + 1)) + (1 + layer * (H + 1) + H) for layer in range(L)) + graph.n_senders
     assert graph.n_edges == expected
     # GPT-2 small's full graph: 32,491 edges, as in Hanna et al. 2024
-    assert ep.Graph(12, 12, 12).n_edges == 32491
+    assert ep.ComputeGraph(12, 12, 12).n_edges == 32491
     names = {graph.receiver_name(j) for j in range(graph.n_receivers)}
     assert len(names) == graph.n_receivers and "logits" in names
     assert (f"a1.kv0<k>" in names) == (K < H)
@@ -79,7 +79,7 @@ def test_one_edge_equals_a_hooked_forward_pass_per_edge(arch, tiny):
     for s, r in rng.sample(edges, 12) + [[0, graph.logits]]:
         circuit = graph.edges.clone()
         circuit[s, r] = False
-        fast = ep.faithfulness(model, graph, base, circuit)
+        fast = ep.edge_patching_faithfulness(model, graph, base, circuit)
         delta = corr_out[s] - clean_out[s]
         layer, j = divmod(r, graph.per_layer)
         hooks, final = [], None
@@ -178,7 +178,7 @@ def test_random_circuits_equal_the_explicit_sum_of_chosen_outputs(arch, density,
     naive = normalize(sum(v * w for v, w in zip(values, weights)) / sum(weights),
                       sum(b.clean_value * b.pairs.n for b in base) / sum(weights),
                       sum(b.corrupted_value * b.pairs.n for b in base) / sum(weights))
-    assert ep.faithfulness(model, graph, base, circuit) == pytest.approx(naive, abs=1e-4)
+    assert ep.edge_patching_faithfulness(model, graph, base, circuit) == pytest.approx(naive, abs=1e-4)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -204,8 +204,8 @@ def test_the_full_graph_scores_one_and_the_empty_circuit_zero_for_any_metric(arc
             resid = ep.edge_patched_resid(model, graph, b, circuit)
             assert resid.shape[1] == b.pairs.clean.shape[1] - b.pairs.prefix
             assert _metric_of(model, b.pairs, resid) == pytest.approx(expected, rel=1e-4, abs=1e-5)
-    assert ep.faithfulness(model, graph, base, graph.edges) == 1.0
-    assert ep.faithfulness(model, graph, base, graph.empty()) == 0.0
+    assert ep.edge_patching_faithfulness(model, graph, base, graph.edges) == 1.0
+    assert ep.edge_patching_faithfulness(model, graph, base, graph.empty()) == 0.0
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -215,11 +215,11 @@ def test_pruning_drops_only_edges_that_change_nothing(arch, tiny):
     scores = ep.random_scores(graph, seed=1)
     for n in (5, 40, 200):
         circuit = ep.top_edges(scores, graph, n)
-        pruned = ep.prune(circuit, graph)
+        pruned = ep.prune_circuit(circuit, graph)
         assert int(circuit.sum()) == min(n, graph.n_edges) and bool((pruned <= circuit).all())
-        assert ep.faithfulness(model, graph, base, pruned) == pytest.approx(ep.faithfulness(model, graph, base, circuit),
+        assert ep.edge_patching_faithfulness(model, graph, base, pruned) == pytest.approx(ep.edge_patching_faithfulness(model, graph, base, circuit),
                                                                             abs=1e-4)
-    assert torch.equal(ep.prune(graph.edges, graph), graph.edges)
+    assert torch.equal(ep.prune_circuit(graph.edges, graph), graph.edges)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -229,8 +229,8 @@ def test_several_circuits_in_one_pass_equal_one_pass_each(arch, tiny):
     g = torch.Generator().manual_seed(7)
     circuits = [(torch.rand(graph.n_senders, graph.n_receivers, generator=g) < d) & graph.edges for d in (0.03, 0.5, 0.9)]
     circuits += [graph.empty(), graph.edges]
-    together = ep.faithfulness_many(model, graph, base, circuits)
-    alone = [ep.faithfulness(model, graph, base, c) for c in circuits]
+    together = ep.edge_patching_faithfulness_many(model, graph, base, circuits)
+    alone = [ep.edge_patching_faithfulness(model, graph, base, c) for c in circuits]
     assert together == pytest.approx(alone, abs=1e-4) and together[-2:] == [0.0, 1.0]  # (batched sums round apart)
     for b in base:  # the copies' residual streams too
         many = ep.edge_patched_resid(model, graph, b, circuits[:3])

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from mechdemo import models
+from mechdemo.models import loading as model_loading
 from mechdemo.errors import (
     GatedModelError,
     MissingPackageError,
@@ -49,7 +50,7 @@ def test_aliases_resolve():
 
 
 def test_gated_model_without_token(empty_hub, monkeypatch):
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(model_loading, "_hub_reachable", lambda timeout=3.0: True)
     with pytest.raises(GatedModelError) as err:
         load_model("meta-llama/Llama-3.2-1B")
     msg = str(err.value)
@@ -60,7 +61,7 @@ def test_gated_model_without_token(empty_hub, monkeypatch):
 
 def test_gated_model_token_without_access(empty_hub, monkeypatch):
     """The Hub refuses the token: transformers raises OSError from GatedRepoError; we name the fix."""
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(model_loading, "_hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
@@ -80,7 +81,7 @@ def test_gated_model_token_without_access(empty_hub, monkeypatch):
 
 def test_no_network_and_not_cached(empty_hub, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(model_loading, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(ModelNotAvailableOfflineError) as err:
         load_model("gpt2")
     msg = str(err.value)
@@ -98,7 +99,7 @@ def test_hub_offline_and_not_cached(empty_hub, monkeypatch):
 def test_download_failure_is_explained(empty_hub, monkeypatch):
     """The Hub answered the probe but the download failed: transformers' OSError is mapped too."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(model_loading, "_hub_reachable", lambda timeout=3.0: True)
 
     def unreachable(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")

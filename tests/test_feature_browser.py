@@ -15,24 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from mechdemo.datasets import ActivationDataset, ExtractConfig, extract, from_uint16
+from mechdemo.data import ActivationDataset, ExtractConfig, extract, from_uint16
 from mechdemo.errors import MechdemoError
-from mechdemo.feature_browser import (
-    BANDS,
-    MARKER,
-    BrowserConfig,
-    check_site_out,
-    compute_browser,
-    decoder_neighbours,
-    highlight_html,
-    nonzero_activations,
-    run_bounds,
-    site_bytes,
-    text_activations,
-    ui_strings,
-    write_site,
+from mechdemo.sae import (
+    BANDS, FeaturePagesConfig, SAETrainConfig, decoder_neighbours, feature_pages, logit_effects, make_sae,
+    nonzero_activations, promoted_tokens, run_bounds, save_sae, split_shards, text_activations, train_sae,
 )
-from mechdemo.sae import SAETrainConfig, logit_effects, make_sae, promoted_tokens, save_sae, split_shards, train_sae
+from mechdemo.sites import MARKER, check_browser_out, highlight_html, site_bytes, ui_strings, write_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "img"
@@ -127,7 +116,7 @@ def sae(dataset):
 
 @pytest.fixture(scope="module")
 def site(sae, dataset, model):
-    return compute_browser(sae, dataset, model, BrowserConfig(n_contexts=8, per_band=3), progress=False)
+    return feature_pages(sae, dataset, model, FeaturePagesConfig(n_contexts=8, per_band=3), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +216,7 @@ def test_every_ui_string_is_translated():
 
 def test_write_site_and_its_refusals(site, tmp_path):
     out = tmp_path / "browser"
-    files = write_site(site, out, _ui(), provenance={"sae": "x"})
+    files = write_browser(site, out, _ui(), provenance={"sae": "x"})
     assert {"es/index.html", "es/feature.html", "en/index.html", "en/feature.html", "data/meta.js",
             "data/tokens.js", "assets/browser.js", MARKER} <= set(files)
     chunks = [f for f in files if f.startswith("data/features-")]
@@ -239,16 +228,16 @@ def test_write_site_and_its_refusals(site, tmp_path):
     assert {k: v for k, v in _load_js(out / "data" / "meta.js").items() if k != "provenance"} == site["meta"]
     # an existing browser: only with overwrite; a folder of something else: never
     with pytest.raises(MechdemoError, match="--overwrite"):
-        write_site(site, out, _ui())
-    assert write_site(site, out, _ui(), overwrite=True) == files
+        write_browser(site, out, _ui())
+    assert write_browser(site, out, _ui(), overwrite=True) == files
     other = tmp_path / "notes"
     other.mkdir()
     (other / "mine.txt").write_text("keep me")
     with pytest.raises(MechdemoError, match="something other than a feature browser"):
-        check_site_out(other, overwrite=True)
+        check_browser_out(other, overwrite=True)
     assert (other / "mine.txt").read_text() == "keep me"
     with pytest.raises(MechdemoError, match="is a file"):
-        check_site_out(other / "mine.txt")
+        check_browser_out(other / "mine.txt")
 
 
 def test_text_activations_and_highlight(model, sae, dataset):
@@ -280,8 +269,9 @@ def test_cli_browse(model, dataset, sae, tmp_path, capsys, monkeypatch):
     assert main(args + ["--overwrite"]) == 0
     capsys.readouterr()
     # mistakes named before any work
-    assert main(["sae", "browse", "--sae", str(saved), "--data", str(dataset.path), "--json"]) == 2
-    assert "needs --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # argparse: a missing flag, exit 2
+        main(["sae", "browse", "--sae", str(saved), "--data", str(dataset.path), "--json"])
+    assert stopped.value.code == 2 and "--out" in capsys.readouterr().err
     assert main(["sae", "browse", "--sae", str(dataset.path), "--data", str(dataset.path), "--out", str(tmp_path / "x")]) == 2
     assert "not a saved SAE" in capsys.readouterr().err
 
@@ -367,7 +357,7 @@ def check_pages(site_dir: Path, lang: str, tmp_path: Path) -> None:
 
 def test_built_site_in_a_browser(site, tmp_path):
     out = tmp_path / "browser"
-    write_site(site, out, _ui())
+    write_browser(site, out, _ui())
     check_pages(out, "es", tmp_path)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-ANALYSES = ("attention", "induction", "circuits", "ioi", "circuit_discovery")  # the last two share the IOI circuit
+ANALYSES = ("attention", "induction", "weight_circuits", "ioi", "patching", "path_patching", "circuit_discovery")  # the IOI ones share runs
 
 
 def test_analysis_figures_run_end_to_end_at_small_scale(small_figure_run):

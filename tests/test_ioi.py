@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from mechdemo.ablation import faithfulness, logit_diff_with_ablation, mean_head_outputs
+from mechdemo.mean_ablation import logit_diff_with_ablation, mean_ablation_faithfulness, mean_head_outputs
 from mechdemo.cli import main
 from mechdemo.dla import direct_logit_attribution
 from mechdemo.errors import MechdemoError
 from mechdemo.models import offline_vocab_size, random_model
-from mechdemo.ioi_circuit import ROLES
+from mechdemo.ioi.circuit import ROLES
 from mechdemo.ioi import (
     TEMPLATES,
     ioi_batch,
@@ -124,7 +124,7 @@ def test_mean_ablation(model, batch):
     none = logit_diff_with_ablation(model, batch.tokens, batch.correct, batch.incorrect, means, [])
     torch.testing.assert_close(none, logit_diff_of(model, batch.tokens, batch), atol=1e-4, rtol=0)
     everything = [(l, h) for l in range(30) for h in range(9)]
-    f = faithfulness(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, everything)
+    f = mean_ablation_faithfulness(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, everything)
     assert f["faithfulness"] == pytest.approx(1.0, abs=1e-3)  # the whole model is its own circuit
     assert abs(f["logit_diff_all_heads_ablated"]) < 0.3 * f["logit_diff_full"]
 

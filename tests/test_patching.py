@@ -197,7 +197,7 @@ def test_path_patching_rejects_senders_after_receivers(model):
 
 def _naive_path_patch(model, batch, senders, receivers, run):
     """Wang et al.'s three runs written out with hooks on whole forward passes: one per sender set."""
-    from mechdemo.circuits import kv_head
+    from mechdemo.weight_circuits import kv_head
 
     n_layers = model.cfg.n_layers
     z_names = [f"blocks.{l}.attn.hook_z" for l in range(n_layers)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechdemo.circuits import unembedding
+from mechdemo.weight_circuits import unembedding
 from mechdemo.dla import direct_logit_attribution
 from mechdemo.interventions import run, site
 from mechdemo.metrics import LogitDifference

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechdemo.datasets import ActivationDataset, ExtractConfig, extract, from_uint16
+from mechdemo.data import ActivationDataset, ExtractConfig, extract, from_uint16
 from mechdemo.errors import MechdemoError
 from mechdemo.sae import (
     SAETrainConfig,

@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-import torch
 
-from mechdemo.circuit_discovery import TARGET, discover_ioi, edge_list
-from mechdemo.edge_patching import Graph
+from mechdemo.circuit_discovery import discover_ioi, edge_list
+from mechdemo.circuit_discovery import ComputeGraph
 from mechdemo.figures import style
 from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.ioi import ROLE_STYLE, role_circuit
@@ -83,7 +82,7 @@ def curve_figure(ctx: FigureContext) -> FigureOutput:
                                                "input (Q, K, V) each enters, and the role path patching gave each head")
 def graph_figure(ctx: FigureContext) -> FigureOutput:
     result = _discovery(ctx)
-    graph = Graph.of(ctx.model)
+    graph = ComputeGraph.of(ctx.model)
     circuit = result["tensors"]["at_target"]
     scores = result["tensors"]["scores"]["eap-ig"]
     shown = edge_list(graph, scores, circuit, limit=GRAPH_EDGES)

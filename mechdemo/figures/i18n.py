@@ -331,7 +331,7 @@ ES: dict[str, str] = {
     "edges in the circuit (log scale; the whole graph: {n})": "edges en el circuito (escala log; el grafo entero: {n})",
     "faithfulness": "faithfulness",
     "other heads": "otras heads",
-    # ---- the SAE feature browser's pages (mechdemo/browser_assets/browser.js: UI_STRINGS)
+    # ---- the SAE feature browser's pages (mechdemo/sites/assets/browser.js: UI_STRINGS)
     "model": "modelo",
     "SAE": "SAE",
     "features": "features",

@@ -21,17 +21,7 @@ PNG files carry their provenance in PNG text chunks (figure, language, model, se
 version, date), and ``manifest.json`` lists every figure with its generator, model, files,
 results and the seconds it took.
 
-**Threads.** Every figure runs on exactly ``FIGURE_THREADS`` torch threads (2, or
-``$MECHDEMO_FIGURE_THREADS``), whatever the machine's core count: reductions split over another
-number of threads round differently, and training loops (SAEs, toy models) amplify that into other
-numbers. The count is recorded in the manifest. (SAE training and the extraction of its dataset pin
-``mechdemo.sae.TRAIN_THREADS``, toy models ``mechdemo.superposition.TOY_THREADS``, so those results
-do not follow this setting; ``$MECHDEMO_MAX_THREADS`` caps all of them, see :mod:`mechdemo.threads`.)
-
-**Scale.** ``run_figures(scale="full")`` computes what the deck shows. ``scale="small"`` runs the
-same code paths on small inputs (few prompts, few training steps): what ``make test`` uses to check
-every figure function end to end. A figure function reads its sizes with
-``ctx.pick(full, small)``; small-scale numbers are never compared with the committed manifest.
+**Threads and scale**: :mod:`mechdemo.figures.context`.
 """
 
 from __future__ import annotations
@@ -39,41 +29,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-import torch
 
 from mechdemo import __version__
 from mechdemo.errors import MechdemoError
+from mechdemo.figures.context import FigureContext, check_scale, figure_threads, seed_everything
 from mechdemo.files import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-SCALES = ("full", "small")
-FIGURE_THREADS = 2
-MAX_FLOAT64_BYTES = 4 * 2**30  # FigureContext.model64: larger models are not copied to float64
-
-
-def check_scale(scale: str) -> None:
-    """A clear error unless ``scale`` is one of :data:`SCALES`."""
-    if scale not in SCALES:
-        raise MechdemoError(f"unknown figure scale {scale!r}: choose one of {', '.join(SCALES)}")
-
-
-def figure_threads() -> int:
-    """Torch threads of a figure run: ``$MECHDEMO_FIGURE_THREADS`` or :data:`FIGURE_THREADS`."""
-    value = os.environ.get("MECHDEMO_FIGURE_THREADS", str(FIGURE_THREADS))
-    if not value.isdigit() or int(value) < 1:
-        raise MechdemoError(f"MECHDEMO_FIGURE_THREADS must be a positive integer, not {value!r}")
-    return int(value)
 
 
 @dataclass
@@ -142,79 +112,6 @@ def figure(
         return func
 
     return register
-
-
-class FigureContext:
-    """What a figure function gets: the run's model (loaded on first use), seed and settings."""
-
-    def __init__(self, model_name: str, seed: int, device: str | None, models: dict, memo: dict | None = None,
-                 scale: str = "full"):
-        check_scale(scale)
-        self.model_name = model_name
-        self.seed = seed
-        self.device = device
-        self.scale = scale
-        self._models = models  # shared across the run: each model loads once
-        self._memo = memo if memo is not None else {}  # shared across the run: results reused by several figures
-
-    def pick(self, full: Any, small: Any) -> Any:
-        """``full`` for the deck's figures, ``small`` for the quick end-to-end run of the tests."""
-        return full if self.scale == "full" else small
-
-    def computed(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per run, model and seed; later figures asking for ``key`` reuse it."""
-        full = (self.model_name, self.seed, self.scale, key)
-        if full not in self._memo:
-            self._memo[full] = compute()
-        return self._memo[full]
-
-    @property
-    def model(self):
-        if self.model_name not in self._models:
-            from mechdemo.models import load_model
-
-            log.info("Loading %s ...", self.model_name)
-            self._models[self.model_name] = load_model(self.model_name, device=self.device)
-        return self._models[self.model_name]
-
-    @property
-    def model64(self):
-        """The run's model in float64 (a copy, made once per run), for the computations whose rounding
-        the figure amplifies: SAE training data and t-SNE. MKL's float32 sums differ in their last bits
-        between Intel and AMD CPUs (``MKL_CBWR=AVX2`` holds on Intel CPUs only; ``mechdemo.kernels``),
-        and training or t-SNE turn that into other features and maps; float64 moves the differences to
-        1e-16, below the bf16 rounding of an activation dataset and far below what the deck shows.
-        A model over :data:`MAX_FLOAT64_BYTES` in float64 (Llama 3.2 1B: 10 GB) is used as it is."""
-        key = (self.model_name, "float64")
-        if key not in self._models:
-            from mechdemo.models import to_float64
-
-            model = self.model
-            size = sum(p.numel() for p in model.parameters()) * 8
-            if size > MAX_FLOAT64_BYTES:
-                log.warning("%s is %.1f GB in float64: using it in its own dtype (numbers may then differ in "
-                            "their last digits between CPU vendors)", self.model_name, size / 1e9)
-                self._models[key] = model
-            else:
-                self._models[key] = to_float64(model)
-        return self._models[key]
-
-    @property
-    def spec(self):
-        from mechdemo.models import get_spec
-
-        return get_spec(self.model_name)
-
-    @property
-    def model_label(self) -> str:
-        """Human name of the model for titles, e.g. 'SmolLM2-135M-Instruct'."""
-        return self.spec.display_name
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def check_text_size(fig, name: str) -> tuple[tuple[float, float], float]:
@@ -309,13 +206,11 @@ def run_figures(
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
     from mechdemo.figures import style
-    from mechdemo.figures.i18n import LANGUAGES, language, localize_ticks
+    from mechdemo.figures.i18n import LANGUAGES
     from mechdemo.models import get_spec
-
     from mechdemo.threads import capped, fixed_threads
 
     spec_model = get_spec(model_name)  # validates the name before any work
@@ -351,51 +246,16 @@ def run_figures(
                 "generator": spec.generator,
                 "date": date,
             }
-            files, sizes, smallest = [], set(), []
             if spec.site:
-                if output.site is None or output.draw is not None:
-                    raise RuntimeError(f"figure {spec.name} is registered as a site: return FigureOutput(None, site=...)")
-                written_files = output.site(out / spec.name, provenance)
-                files = [f"{spec.name}/{f}" for f in written_files]
-                missing = set(spec.outputs) - set(files)
-                if missing:
-                    raise RuntimeError(f"figure {spec.name} did not write {sorted(missing)}")
-            for lang in LANGUAGES if not spec.site else ():
-                (out / lang).mkdir(exist_ok=True)
-                with language(lang):
-                    fig = output.draw()
-                    localize_ticks(fig)
-                    size, points = check_text_size(fig, f"{spec.name} ({lang})")
-                    png = out / lang / f"{spec.name}.png"
-                    fig.savefig(
-                        png,
-                        dpi=style.DPI,
-                        metadata={
-                            "Title": f"{spec.name}" + (f" ({spec_model.display_name})" if model else ""),
-                            "Software": f"mechdemo {__version__}",
-                            "Source": spec.generator,
-                            "Creation Time": date,
-                            "mechdemo": json.dumps({**provenance, "language": lang}),
-                        },
-                    )
-                    plt.close(fig)
-                    files.append(f"{lang}/{png.name}")
-                    sizes.add(size)
-                    smallest.append(points)
-                    if f"{lang}/{spec.name}.html" in spec.outputs:
-                        if output.html is None:
-                            raise RuntimeError(f"figure {spec.name} is registered with html=True but returned none")
-                        (out / lang / f"{spec.name}.html").write_text(output.html(), encoding="utf-8")
-                        files.append(f"{lang}/{spec.name}.html")
-            if len(sizes) != 1 and not spec.site:
-                raise RuntimeError(f"figure {spec.name} is drawn at different sizes per language: {sorted(sizes)}")
+                files, shape = _write_site(spec, output, out, provenance), {}
+            else:
+                files, shape = _draw_in_every_language(spec, output, out, provenance, spec_model.display_name)
         seconds = time.perf_counter() - start
         entry = {
             **provenance,
             "files": files,
             "languages": list(LANGUAGES),
-            **({"bytes": sum((out / f).stat().st_size for f in files)} if spec.site
-               else {"size_in": list(sizes.pop()), "min_font_pt": min(smallest)}),
+            **(shape or {"bytes": sum((out / f).stat().st_size for f in files)}),
             "description": spec.description,
             "results": _results_jsonable(output.results),
             "seconds": round(seconds, 1),
@@ -411,6 +271,53 @@ def run_figures(
             write_json_atomic(out / MANIFEST, manifest, fsync=False, ensure_ascii=False, newline=True)
         written[spec.name] = entry
     return written
+
+
+def _write_site(spec: FigureSpec, output: FigureOutput, out: Path, provenance: dict) -> list[str]:
+    """A site figure: its ``site`` callable writes ``out/<name>/``; its files, relative to ``out``."""
+    if output.site is None or output.draw is not None:
+        raise RuntimeError(f"figure {spec.name} is registered as a site: return FigureOutput(None, site=...)")
+    files = [f"{spec.name}/{f}" for f in output.site(out / spec.name, provenance)]
+    missing = set(spec.outputs) - set(files)
+    if missing:
+        raise RuntimeError(f"figure {spec.name} did not write {sorted(missing)}")
+    return files
+
+
+def _draw_in_every_language(spec: FigureSpec, output: FigureOutput, out: Path, provenance: dict,
+                            model_label: str) -> tuple[list[str], dict]:
+    """Draw the figure once per language into ``out/<lang>/`` (PNG with its provenance, and the HTML page
+    if registered); its files and ``{"size_in", "min_font_pt"}`` (the same size in every language)."""
+    import matplotlib.pyplot as plt
+
+    from mechdemo.figures import style
+    from mechdemo.figures.i18n import LANGUAGES, language, localize_ticks
+
+    files, sizes, smallest = [], set(), []
+    for lang in LANGUAGES:
+        (out / lang).mkdir(exist_ok=True)
+        with language(lang):
+            fig = output.draw()
+            localize_ticks(fig)
+            size, points = check_text_size(fig, f"{spec.name} ({lang})")
+            png = out / lang / f"{spec.name}.png"
+            fig.savefig(png, dpi=style.DPI, metadata={
+                "Title": f"{spec.name}" + (f" ({model_label})" if provenance["model"] else ""),
+                "Software": f"mechdemo {__version__}", "Source": spec.generator,
+                "Creation Time": provenance["date"], "mechdemo": json.dumps({**provenance, "language": lang}),
+            })
+            plt.close(fig)
+            files.append(f"{lang}/{png.name}")
+            sizes.add(size)
+            smallest.append(points)
+            if f"{lang}/{spec.name}.html" in spec.outputs:
+                if output.html is None:
+                    raise RuntimeError(f"figure {spec.name} is registered with html=True but returned none")
+                (out / lang / f"{spec.name}.html").write_text(output.html(), encoding="utf-8")
+                files.append(f"{lang}/{spec.name}.html")
+    if len(sizes) != 1:
+        raise RuntimeError(f"figure {spec.name} is drawn at different sizes per language: {sorted(sizes)}")
+    return files, {"size_in": list(sizes.pop()), "min_font_pt": min(smallest)}
 
 
 def _forget_unregistered(out: Path) -> None:

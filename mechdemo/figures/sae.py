@@ -1,7 +1,7 @@
 """Sparse autoencoders on a real model: ``sae_tradeoff`` and ``sae_feature_1`` ... ``sae_feature_4``.
 
 They train SAEs (SAELens, through :mod:`mechdemo.sae`) on the MLP output of the offline model's
-middle layer, read from an activation dataset built by :func:`mechdemo.datasets.extract` on the
+middle layer, read from an activation dataset built by :func:`mechdemo.data.extract` on the
 offline corpus. The dataset is cached under the mechdemo cache folder (building it is the slow part:
 a forward pass to the middle layer for every token; extraction resumes and verifies shards, so a
 cached copy is exactly what a rebuild would write). The SAEs are retrained on every run from fixed
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 
-import torch
 
-from mechdemo.feature_browser import PAGES as BROWSER_PAGES
 from mechdemo.figures import style
+from mechdemo.sae import PICK_FREQUENCY, pick_features
+from mechdemo.sites import PAGES as BROWSER_PAGES
 from mechdemo.figures.i18n import num, tr
 from mechdemo.figures.registry import FigureContext, FigureOutput, figure
 
@@ -48,8 +48,8 @@ def _train_samples(ctx: FigureContext) -> int:
 
 def _dataset(ctx: FigureContext):
     """The cached activation dataset of the middle layer (built on first use)."""
-    from mechdemo.corpus import OFFLINE_CORPUS
-    from mechdemo.datasets import FORMAT, ActivationDataset, ExtractConfig, extract
+    from mechdemo.data.corpus import OFFLINE_CORPUS
+    from mechdemo.data import FORMAT, ActivationDataset, ExtractConfig, extract
     from mechdemo.kernels import kernels_tag
     from mechdemo.sae import TRAIN_THREADS, default_layer
     from mechdemo.threads import fixed_threads
@@ -114,22 +114,10 @@ def _rounded(metrics: dict) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
-PICK_FREQUENCY = (1e-3, 3e-2)  # pick_features: fires on more than 0.1 % and less than 3 % of held-out tokens
 N_FEATURES = 4  # features shown, one figure each: sae_feature_1 ... sae_feature_4
 N_CONTEXTS = 5  # top-activating contexts drawn per feature
 N_FREQUENT = 20  # top activations whose tokens name what a feature fires on
 N_PROMOTED = 6  # promoted tokens drawn per feature
-
-
-def pick_features(values: torch.Tensor, fired: torch.Tensor, n_tokens: int, n: int = 4) -> list[int]:
-    """``n`` features to show, by a fixed rule rather than by hand: among those that fire on 0.1-3% of
-    the held-out tokens (neither near-dead nor dense, :data:`PICK_FREQUENCY`), the ``n`` with the
-    strongest top activation."""
-    low, high = PICK_FREQUENCY
-    freq = fired.float() / n_tokens
-    candidates = torch.nonzero((freq > low) & (freq < high)).flatten()
-    order = candidates[values[candidates, 0].argsort(descending=True)]
-    return [int(f) for f in order[:n]]
 
 
 def _quoted(tokens: list[str]) -> str:
@@ -158,7 +146,7 @@ def frequent_tokens(tokens: list[str], most: int = 3) -> tuple[list[str], float]
 def _features(ctx: FigureContext) -> dict:
     """The shown features of the TopK SAE, computed once per run (each ``sae_feature_<n>`` draws one):
     their top held-out activations and contexts, firing frequency and promoted tokens."""
-    from mechdemo.datasets import from_uint16
+    from mechdemo.data import from_uint16
     from mechdemo.sae import promoted_tokens, split_shards, token_contexts, top_activations
 
     def compute():
@@ -295,7 +283,7 @@ def sae_feature_4(ctx: FigureContext) -> FigureOutput:
 def _commands(ctx: FigureContext, data) -> dict[str, str]:
     """The CLI commands that build this dataset and train and evaluate the shown SAE (FEATURE_SAE)
     with the settings the figures use: flags the CLI's defaults do not already give."""
-    from mechdemo.corpus import OFFLINE_CORPUS
+    from mechdemo.data.corpus import OFFLINE_CORPUS
     from mechdemo.sae import SAETrainConfig
 
     c = data.manifest["config"]
@@ -377,19 +365,20 @@ def sae_tradeoff(ctx: FigureContext) -> FigureOutput:
 def sae_browser(ctx: FigureContext) -> FigureOutput:
     """The browser of the SAE that ``sae_feature_1`` ... ``sae_feature_4`` show, from the same held-out
     shard: the four features it shows have the same numbers there (the tests compare them)."""
-    from mechdemo.feature_browser import BrowserConfig, compute_browser, ui_strings, write_site
+    from mechdemo.sae import FeaturePagesConfig, feature_pages
+    from mechdemo.sites import ui_strings, write_browser
     from mechdemo.figures.i18n import LANGUAGES, translations
 
     arch, fields = FEATURE_SAE
     _, sae = _train_setting(ctx, arch, fields)
-    cfg = BrowserConfig(seed=ctx.seed)
-    site = compute_browser(sae, _dataset(ctx), ctx.model, cfg, progress=True)
+    cfg = FeaturePagesConfig(seed=ctx.seed)
+    site = feature_pages(sae, _dataset(ctx), ctx.model, cfg, progress=True)
     meta = site["meta"]
     shown = [f["feature"] for f in _features(ctx)["features"]]
     ui = {lang: translations(ui_strings(), lang) for lang in LANGUAGES}
 
     def write(folder, provenance):
-        return write_site(site, folder, ui, provenance={**provenance, "sae": f"{arch} {sorted(fields.items())}"},
+        return write_browser(site, folder, ui, provenance={**provenance, "sae": f"{arch} {sorted(fields.items())}"},
                           overwrite=True)
 
     return FigureOutput(None, site=write, results={

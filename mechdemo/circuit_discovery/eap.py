@@ -1,6 +1,6 @@
 """Edge attribution patching: a score for every edge of the graph from a few backward passes.
 
-Edge patching (:mod:`mechdemo.edge_patching`) measures a circuit exactly but needs a forward pass
+Edge patching (:mod:`mechdemo.circuit_discovery.edge_patching`) measures a circuit exactly but needs a forward pass
 per circuit; finding a circuit edge by edge (ACDC, Conmy et al. 2023) needs one per edge, tens of
 thousands. **EAP** (Syed, Rager & Conmy 2023, "Attribution Patching Outperforms Automated Circuit
 Discovery") estimates the effect of patching each edge ``s → r`` with one linear step:
@@ -48,7 +48,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechdemo.interventions import site
-from mechdemo.edge_patching import Graph, PromptPairs, Suffix, run_suffix, sender_outputs, suffix_of
+from mechdemo.circuit_discovery.edge_patching import PromptPairs, Suffix, run_suffix, sender_outputs, suffix_of
+from mechdemo.circuit_discovery.graph import ComputeGraph
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -58,7 +59,7 @@ METHODS = ("eap", "eap-ig")
 
 
 def edge_scores(
-    model: "TransformerBridge", graph: Graph, pairs: Sequence[PromptPairs], steps: int = 1, progress: bool = False
+    model: "TransformerBridge", graph: ComputeGraph, pairs: Sequence[PromptPairs], steps: int = 1, progress: bool = False
 ) -> Float[Tensor, "n_senders n_receivers"]:
     """EAP (``steps=1``) or EAP-IG (``steps=m``) scores of every edge; 0 where there is no edge.
 
@@ -68,7 +69,7 @@ def edge_scores(
 
 
 def eap_and_eap_ig(
-    model: "TransformerBridge", graph: Graph, pairs: Sequence[PromptPairs], steps: int = IG_STEPS,
+    model: "TransformerBridge", graph: ComputeGraph, pairs: Sequence[PromptPairs], steps: int = IG_STEPS,
     progress: bool = False,
 ) -> dict[str, Float[Tensor, "n_senders n_receivers"]]:
     """Both scores from EAP-IG's passes: the last step (``α = 1``) is the clean run, whose gradient
@@ -110,7 +111,7 @@ def dot(
 
 
 def _accumulate(
-    model: "TransformerBridge", graph: Graph, suffix: Suffix, delta: Tensor, corrupted_input: Tensor,
+    model: "TransformerBridge", graph: ComputeGraph, suffix: Suffix, delta: Tensor, corrupted_input: Tensor,
     alpha: float, targets: list[tuple[Tensor, float]],
 ) -> None:
     """One forward and backward pass at ``alpha`` along the corrupted → clean input path; add

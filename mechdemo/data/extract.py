@@ -1,4 +1,4 @@
-"""Activation datasets: the activations at one or more sites for every token of a corpus, sharded on disk.
+"""Building activation datasets: the activations at one or more sites for every token of a corpus.
 
 What the course's pipeline did (stream a corpus through Llama 3.2 1B, keep the MLP-8 output of
 every non-special token as bf16 bit patterns in uint16, shards of 50,000 tokens, a global RMS),
@@ -13,7 +13,7 @@ layer, what probes read), all from the same forward pass, each in a column named
 (``stop_at_layer``): the later layers and the unembedding, most of the course's cost, are never
 computed.
 
-**Deterministic plan.** Documents come from :mod:`mechdemo.corpus` in a fixed order and are cut
+**Deterministic plan.** Documents come from :mod:`mechdemo.data.corpus` in a fixed order and are cut
 into fixed-length chunks; batch ``b`` is chunks ``b*B .. b*B+B-1``. How many tokens a batch stores
 is known from its token ids alone (special and padding tokens are dropped), so the whole plan
 (which batches make which shard, where ``--max-tokens`` stops) follows from tokenisation, before
@@ -46,15 +46,16 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
-from torch import Tensor
 
 from mechdemo import __version__
-from mechdemo.errors import CorruptFileError, MechdemoError
+from mechdemo.errors import MechdemoError
+from mechdemo.data.dataset import FORMAT, MANIFEST, NORM_STATS, from_uint16, shard_intact, to_uint16
+from mechdemo.data.hub import check_hub_repo, push_dataset
 from mechdemo.files import check_writable, read_json, sha256_of, write_json_atomic
 
 if TYPE_CHECKING:
@@ -62,10 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 1: a single "act" column, the MLP output of config["layer"] (still read)
-MANIFEST = "manifest.json"
 COMPUTE_DTYPES = ("float32", "float64")
-NORM_STATS = "norm_stats.json"
 
 
 @dataclass(frozen=True)
@@ -117,26 +115,13 @@ class ExtractConfig:
         return max((layer for layer in layers if layer is not None), default=-1) + 1
 
 
-def to_uint16(x: Tensor) -> np.ndarray:
-    """bf16 bit patterns of ``x`` as uint16 (rounding to bf16 first)."""
-    return x.to(torch.bfloat16).contiguous().view(torch.uint16).cpu().numpy()
-
-
-def from_uint16(bits: np.ndarray) -> Tensor:
-    """The bf16 tensor whose bit patterns are ``bits`` (exact inverse of :func:`to_uint16`)."""
-    bits = np.ascontiguousarray(bits, dtype=np.uint16)
-    if not bits.flags.writeable:  # a memory-mapped file: torch wants memory it may write to
-        bits = bits.copy()
-    return torch.from_numpy(bits).view(torch.bfloat16)
-
-
 # --- the plan ---------------------------------------------------------------------------------
 
 
 @dataclass
 class Batch:
     index: int  # global batch index
-    chunks: list  # list[mechdemo.corpus.Chunk]
+    chunks: list  # list[mechdemo.data.corpus.Chunk]
     keep: np.ndarray  # [n_chunks, seq_len] bool: which positions are stored
     rows: int
 
@@ -157,7 +142,7 @@ class ShardPlan:
 
 
 def _batches(model: "TransformerBridge", cfg: ExtractConfig) -> Iterator[Batch]:
-    from mechdemo.corpus import iter_chunks
+    from mechdemo.data.corpus import iter_chunks
 
     special = set(model.tokenizer.all_special_ids) | {model.tokenizer.pad_token_id}
     special_ids = np.array(sorted(i for i in special if i is not None))
@@ -249,27 +234,6 @@ def _distributed() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def check_hub_repo(repo: str) -> None:
-    """``--push-to-hub REPO`` can work: a valid repo id, and a Hugging Face login to upload with.
-
-    Checked before any work (the upload comes last, after the whole extraction); the token is
-    only looked up, never printed."""
-    try:
-        from huggingface_hub import get_token
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-    except ImportError as err:  # pragma: no cover - huggingface_hub comes with transformers
-        raise MechdemoError("--push-to-hub needs the huggingface_hub package: pip install huggingface_hub") from err
-    try:
-        validate_repo_id(repo)
-    except HFValidationError as err:
-        raise MechdemoError(f"--push-to-hub {repo!r} is not a Hub repo id: use NAME or USER/NAME (letters, digits, "
-                            f"'-', '_', '.'; {err})") from None
-    if not get_token():
-        raise MechdemoError("--push-to-hub needs a Hugging Face login with write access: run `hf auth login` (or "
-                            "set HF_TOKEN), or drop --push-to-hub and upload the finished folder later with "
-                            "`hf upload`")
-
-
 def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
     """``--out`` can hold this dataset: new, empty, or this very dataset (to resume); writable."""
     config_file = out / "config.json"
@@ -303,7 +267,7 @@ def extract(
     """Build (or resume) the dataset of ``cfg`` in ``out_dir``; return the manifest."""
     from tqdm.auto import tqdm
 
-    from mechdemo.corpus import check_corpus
+    from mechdemo.data.corpus import check_corpus
     from mechdemo.interventions import check_site
     from mechdemo.models import get_spec, load_model
 
@@ -346,7 +310,7 @@ def extract(
     for shard in plan_shards(model, cfg, rank, world):
         record = done.get(shard.name)
         path = out / shard.name
-        if record and _intact(path, record):
+        if record and shard_intact(path, record):
             bar.update(record["rows"])
             continue
         if record:
@@ -379,7 +343,7 @@ def extract(
         dist.barrier()
     manifest = merge_manifest(out, cfg, d_model) if rank == 0 else {}
     if rank == 0 and push_to_hub:
-        manifest = _push(out, push_to_hub, manifest)
+        manifest = push_dataset(out, push_to_hub, manifest)
     if world > 1:
         import torch.distributed as dist
 
@@ -395,10 +359,6 @@ def _check_layers(cfg: ExtractConfig, n_layers: int) -> None:
         layer = parse_site(name)[1]
         if layer is not None and not 0 <= layer < n_layers:
             raise MechdemoError(f"layer {layer} ({name}) is out of range: {cfg.model} has layers 0 to {n_layers - 1}")
-
-
-def _intact(path: Path, record: dict) -> bool:
-    return path.is_file() and path.stat().st_size == record["bytes"] and sha256_of(path) == record["sha256"]
 
 
 def merge_manifest(out: Path, cfg: ExtractConfig, d_model: int) -> dict:
@@ -426,232 +386,6 @@ def merge_manifest(out: Path, cfg: ExtractConfig, d_model: int) -> dict:
     return manifest
 
 
-def _push(out: Path, repo: str, manifest: dict) -> dict:
-    """Upload the dataset folder to a Hub dataset repo; on failure keep everything local and say so."""
-    try:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(repo, repo_type="dataset", exist_ok=True, private=True)
-        api.upload_folder(folder_path=str(out), repo_id=repo, repo_type="dataset",
-                          allow_patterns=["*.arrow", "*.json"], ignore_patterns=["progress-*.json"])
-        manifest["pushed_to_hub"] = {"repo": repo, "ok": True}
-    except Exception as err:  # noqa: BLE001 - any failure: keep the local copy, report, go on
-        log.warning("Upload to %s failed (%s: %s). Nothing is lost: the dataset is complete in %s; "
-                    "upload it later with `hf upload %s %s --repo-type dataset`.",
-                    repo, type(err).__name__, err, out, repo, out)
-        manifest["pushed_to_hub"] = {"repo": repo, "ok": False, "error": f"{type(err).__name__}: {err}"}
-    write_json_atomic(out / MANIFEST, manifest)
-    return manifest
-
-
 # --- reading ----------------------------------------------------------------------------------
 
 
-class ActivationDataset:
-    """A dataset written by :func:`extract`: memory-mapped shards, batches as tensors.
-
-    ``sites`` lists what it stores; the methods that read activations take a ``site`` (default: the
-    dataset's only one). :meth:`select` gives a view on one site, for code that reads one (an SAE)."""
-
-    def __init__(self, path: str | Path, verify: bool = False):
-        self.path = Path(path)
-        manifest = self.path / MANIFEST
-        if not manifest.is_file():
-            raise MechdemoError(f"{self.path} has no {MANIFEST}: not a finished dataset (rerun `mechdemo extract` "
-                                "with the same arguments to finish it)")
-        self.manifest = read_json(manifest, "rerun `mechdemo extract` with the dataset's arguments (its shards are "
-                                            "kept) or build it again")
-        try:
-            self.format = int(self.manifest.get("format", 1))
-            self.d_model: int = self.manifest["d_model"]
-            if self.format == 1:  # one "act" column: the MLP output of the config's layer
-                from mechdemo.interventions import site
-
-                name = site("mlp_out", self.manifest["config"]["layer"])
-                self._columns = {name: "act"}
-                self._norm_stats = {name: {**self.manifest["norm_stats"], "site": name}}
-            elif self.format == FORMAT:
-                self._columns = {name: name for name in self.manifest["sites"]}
-                self._norm_stats = self.manifest["norm_stats"]
-            else:
-                raise MechdemoError(f"{manifest} is format {self.format}, newer than this mechdemo reads ({FORMAT}): "
-                                    "upgrade mechdemo (pip install -U mechdemo)")
-            self.shards  # noqa: B018 - the list must exist
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise CorruptFileError(f"{manifest} is not a dataset manifest mechdemo wrote ({type(err).__name__}: {err}): "
-                                   "rebuild the dataset with `mechdemo extract`") from None
-        self.sites: list[str] = list(self._columns)
-        self._tables: dict[str, pa.Table] = {}
-        if verify:
-            self.verify()
-
-    def __len__(self) -> int:
-        return self.manifest["tokens"]
-
-    @property
-    def shards(self) -> list[dict]:
-        return self.manifest["shards"]
-
-    def select(self, site: str) -> "ActivationDataset":
-        """This dataset seen as holding ``site`` only (the same files; for code that reads one site)."""
-        import copy
-
-        self._check_site(site)
-        view = copy.copy(self)
-        view.sites, view._tables = [site], self._tables
-        return view
-
-    def _check_site(self, site: str) -> str:
-        if site not in self._columns:
-            raise MechdemoError(f"{self.path} holds no activations at {site!r}: it holds {', '.join(self.sites)}")
-        return site
-
-    @property
-    def site(self) -> str:
-        """The dataset's site, when it holds one (else an error naming them: pass ``site=`` or use :meth:`select`)."""
-        if len(self.sites) != 1:
-            raise MechdemoError(f"{self.path} holds {len(self.sites)} sites ({', '.join(self.sites)}): say which one "
-                                "(site=..., or ActivationDataset.select(site))")
-        return self.sites[0]
-
-    @property
-    def layer(self) -> int | None:
-        """The layer of :attr:`site`."""
-        from mechdemo.interventions import parse_site
-
-        return parse_site(self.site)[1]
-
-    @property
-    def norm_stats(self) -> dict:
-        """``tokens``, ``rms``, ``rms_per_element`` ... of :attr:`site`."""
-        return self._norm_stats[self.site]
-
-    def norm_stats_of(self, site: str) -> dict:
-        return self._norm_stats[self._check_site(site)]
-
-    def verify(self) -> None:
-        """Check every shard's size and sha256; raise :class:`CorruptFileError` naming the first bad one."""
-        for record in self.shards:
-            path = self.path / record["file"]
-            if not _intact(path, record):
-                raise CorruptFileError(
-                    f"{path} is missing, truncated or damaged (size/sha256 differ from the manifest). Rerun "
-                    f"`mechdemo extract` with the dataset's arguments ({self.config_args()}): it rebuilds only "
-                    "that shard."
-                )
-
-    def config_args(self) -> str:
-        from mechdemo.interventions import parse_site
-
-        c = self.manifest["config"]
-        if self.format == 1:
-            where = f"--layer {c['layer']}"
-        else:
-            kinds = list(dict.fromkeys(parse_site(name)[0] for name in c["sites"]))
-            layers = sorted({parse_site(name)[1] for name in c["sites"]} - {None})
-            where = " ".join(f"--site {k}" for k in kinds) + (f" --layers {','.join(map(str, layers))}" if layers else "")
-        args = f"--model {c['model']} {where} --corpus {c['corpus']} --out {self.path} " \
-               f"--seq-len {c['seq_len']} --batch-size {c['batch_size']} --shard-size {c['shard_size']}"
-        return args + (f" --max-tokens {c['max_tokens']}" if c.get("max_tokens") else "")
-
-    def table(self, i: int) -> pa.Table:
-        """Shard ``i`` as a memory-mapped Arrow table, checked against the manifest on first use:
-        its size, and the sha256 of the bytes mapped (one pass over pages the reader maps anyway),
-        so training never runs on a damaged shard."""
-        import hashlib
-
-        name = self.shards[i]["file"]
-        if name not in self._tables:
-            path = self.path / name
-            record = self.shards[i]
-            rebuild = (f"Rerun `mechdemo extract` with the dataset's arguments ({self.config_args()}): it rebuilds "
-                       "only the damaged shard.")
-            try:
-                if path.stat().st_size != record["bytes"]:
-                    raise CorruptFileError(f"{path} has {path.stat().st_size:,} bytes, the manifest says "
-                                           f"{record['bytes']:,}: truncated or damaged. {rebuild}")
-                mapped = pa.memory_map(str(path), "r")
-                if "sha256" in record and hashlib.sha256(mapped.read_buffer()).hexdigest() != record["sha256"]:
-                    raise CorruptFileError(f"{path} is damaged: its sha256 differs from the manifest's. {rebuild}")
-                mapped.seek(0)
-                reader = pa.ipc.open_file(mapped)
-                table = reader.read_all()
-            except (OSError, pa.ArrowInvalid) as err:
-                raise CorruptFileError(
-                    f"{path} cannot be read ({err}). Rerun `mechdemo extract` with the dataset's arguments "
-                    f"({self.config_args()}): it rebuilds only the damaged shard."
-                ) from None
-            if table.num_rows != self.shards[i]["rows"]:
-                raise CorruptFileError(f"{path} has {table.num_rows} rows, the manifest says {self.shards[i]['rows']}")
-            self._tables[name] = table
-        return self._tables[name]
-
-    def shard_bits(self, i: int, site: str | None = None) -> np.ndarray:
-        """Shard ``i``'s activations at ``site`` as a [rows, d_model] uint16 array (a view of the file when possible)."""
-        name = self._columns[self._check_site(site) if site is not None else self.site]
-        column = self.table(i).column(name).combine_chunks()
-        return column.values.to_numpy(zero_copy_only=False).reshape(-1, self.d_model)
-
-    def column(self, name: str) -> np.ndarray:
-        return np.concatenate([self.table(i).column(name).to_numpy() for i in range(len(self.shards))])
-
-    def activations(self, dtype: torch.dtype = torch.float32, site: str | None = None) -> Tensor:
-        """All activations at ``site`` as one [tokens, d_model] tensor (loads everything: for small datasets)."""
-        return torch.cat([from_uint16(self.shard_bits(i, site)).to(dtype) for i in range(len(self.shards))])
-
-    def batches(
-        self,
-        batch_size: int = 4096,
-        shuffle: bool = True,
-        seed: int = 0,
-        buffer_shards: int = 4,
-        dtype: torch.dtype = torch.float32,
-        normalize: bool = False,
-        epochs: int = 1,
-        shards: Sequence[int] | None = None,
-        site: str | Sequence[str] | None = None,
-    ) -> Iterator[Tensor] | Iterator[tuple[Tensor, ...]]:
-        """Batches of [batch_size, d_model] activations at ``site`` (of all shards, or of ``shards``).
-
-        ``site`` may be several sites (e.g. an MLP's input and output): each batch is then a tuple, one
-        tensor per site, of the same tokens. With ``shuffle``, shards come in a seeded random order and
-        rows are shuffled within a buffer of ``buffer_shards`` shards; ``normalize`` divides each site by
-        its ``rms_per_element`` (unit mean square).
-        """
-        several = site is not None and not isinstance(site, str)
-        names = [self._check_site(s) for s in site] if several else [site if site is not None else self.site]
-        self._check_site(names[0])
-        generator = np.random.default_rng(seed)
-        scales = [1.0 / self._norm_stats[n]["rms_per_element"] if normalize else 1.0 for n in names]
-        chosen = np.arange(len(self.shards)) if shards is None else np.asarray(shards)
-
-        def out(bits: list[np.ndarray]):
-            tensors = tuple(from_uint16(b).to(dtype) * scale for b, scale in zip(bits, scales))
-            return tensors if several else tensors[0]
-
-        for _ in range(epochs):
-            order = generator.permutation(chosen) if shuffle else chosen
-            leftover = [np.empty((0, self.d_model), dtype=np.uint16) for _ in names]
-            for first in range(0, len(order), buffer_shards):
-                picked = order[first : first + buffer_shards]
-                buffer = [np.concatenate([left] + [self.shard_bits(i, n) for i in picked]) for left, n in zip(leftover, names)]
-                if shuffle:
-                    perm = generator.permutation(len(buffer[0]))
-                    buffer = [b[perm] for b in buffer]
-                n_full = len(buffer[0]) // batch_size * batch_size
-                for start in range(0, n_full, batch_size):
-                    yield out([b[start : start + batch_size] for b in buffer])
-                leftover = [b[n_full:] for b in buffer]
-            if len(leftover[0]):
-                yield out(leftover)
-
-    def info(self) -> dict:
-        c = self.manifest["config"]
-        return {
-            "path": str(self.path), "model": c["model"], "sites": self.sites, "layer": c.get("layer"),
-            "corpus": c["corpus"], "tokens": len(self), "d_model": self.d_model, "shards": len(self.shards),
-            "bytes": sum(s["bytes"] for s in self.shards), "norm_stats": {n: self._norm_stats[n] for n in self.sites},
-            "seq_len": c["seq_len"], "dtype": c["dtype"],
-            "pushed_to_hub": self.manifest.get("pushed_to_hub"),
-        }

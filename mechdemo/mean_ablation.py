@@ -62,7 +62,7 @@ def logit_diff_with_ablation(
     return logit_diff(logits, correct, incorrect).float().cpu()
 
 
-def faithfulness(
+def mean_ablation_faithfulness(
     model: "TransformerBridge",
     tokens: Int[Tensor, "n pos"],
     corrupted_tokens: Int[Tensor, "n pos"],

@@ -1,4 +1,4 @@
-"""An offline feature browser for a trained SAE: every feature explorable from ``file://``.
+"""Feature pages: everything a page of the feature browser shows about each feature of an SAE.
 
 What practitioners read to understand an SAE feature is its *feature page*, after Anthropic's
 visualiser (Bricken et al. 2023, "Towards Monosemanticity"; Templeton et al. 2024, "Scaling
@@ -12,57 +12,45 @@ Monosemanticity"), the SAE dashboards (sae_vis, SAEDashboard) and Neuronpedia:
 * **contexts at lower quantiles**: a random sample of contexts from each quarter of its non-zero
   activations. The top examples alone overstate how specific a feature is (Bricken et al. call
   this "interpretability illusion" risk): what it does at typical strengths is often broader;
-* **logit effect**: the decoder direction ``W_dec[f]``, scaled by the final norm's weight ``γ`` and
-  read through the unembedding, ``(W_dec[f] ⊙ γ) · W_U``: the tokens it pushes up and down directly
-  (ignoring the later layers and the norm's division, as the feature pages do);
+* **logit effect**: the decoder direction ``W_dec[f]`` through the readout at unit scale,
+  ``(centre(W_dec[f]) ⊙ γ) · W_U`` (:func:`mechdemo.sae.features.logit_effects`): the tokens it pushes
+  up and down directly (ignoring the later layers and the norm's division, as the feature pages do);
 * **nearest features**: the other features whose decoder directions have the largest cosine with
   this one (feature splitting and near-duplicates show up here).
 
-**Computed in one pass.** The activation dataset already holds the MLP output of every held-out
-token, so nothing here runs the model: the SAE encodes the held-out shard in batches and every
+**Computed in one pass.** The activation dataset already holds the activation the SAE reads at every
+held-out token, so nothing here runs the model: the SAE encodes the held-out shard in batches and every
 non-zero activation is kept as a ``(row, feature, value)`` triple (L0 per token, so about 160,000
 triples for a TopK k = 32 SAE on 5,000 tokens). Sorted by feature and then by value, the triples
 give each feature's density, histogram, exact top-k, quantile samples, and its activation at every
 token of the contexts shown. The model contributes weights only (unembedding and final norm).
 
-**Why written here.** SAEDashboard (PyPI ``sae-dashboard`` 0.8.0) pins ``transformer-lens<3`` and
-``transformers<4.57``, so it cannot be installed beside this project's stack, and its pages load
-their JavaScript from a CDN; Neuronpedia needs its server and the network. The site this module
-writes is static: HTML pages, a small hand-written script (``mechdemo/browser_assets``), and the
-data as ``.js`` files that assign globals, loaded with ``<script>`` tags (a page opened from
-``file://`` may not ``fetch`` files next to it, but it may load scripts). A feature's details come
-in chunks of :data:`CHUNK` features, loaded when a page shows one of them.
+This module computes; :mod:`mechdemo.sites.feature_browser` writes the pages.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechdemo import __version__
-from mechdemo.datasets import ActivationDataset, from_uint16
-from mechdemo.files import check_writable, folder_written_atomically
+from mechdemo.data import ActivationDataset, from_uint16
 from mechdemo.errors import MechdemoError
 from mechdemo.interventions import parse_site
-from mechdemo.sae import DENSE_THRESHOLD, hook_of, logit_effects, split_shards
+from mechdemo.sae.evaluation import DENSE_THRESHOLD
+from mechdemo.sae.features import logit_effects
+from mechdemo.sae.training import split_shards
 
 if TYPE_CHECKING:
     from sae_lens import SAE, TrainingSAE
     from transformer_lens.model_bridge import TransformerBridge
 
-ASSETS = Path(__file__).parent / "browser_assets"
-PAGES = ("index.html", "feature.html")
-MARKER = "sae_browser.json"  # the site's provenance; also how a folder is known to be a browser we wrote
+
 CHUNK = 64  # features per data file
 N_CONTEXTS = 20  # top-activating contexts per feature
 BANDS = ((0.75, 1.0), (0.5, 0.75), (0.25, 0.5), (0.0, 0.25))  # quantile bands of the non-zero activations
@@ -75,10 +63,6 @@ N_LOGITS, N_NEIGHBOURS, N_TOP_TOKENS = 10, 8, 3
 def _sig(x: float, digits: int = 4) -> float:
     """``x`` to ``digits`` significant digits (the site's numbers: compact, exact enough to read)."""
     return float(f"{x:.{digits}g}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The one pass over the held-out activations
 
 
 @torch.no_grad()
@@ -132,7 +116,7 @@ def decoder_neighbours(
 
 
 @dataclass(frozen=True)
-class BrowserConfig:
+class FeaturePagesConfig:
     """What the site shows (every field is recorded in its provenance)."""
 
     n_contexts: int = N_CONTEXTS
@@ -165,12 +149,13 @@ def _band_samples(values: np.ndarray, n_top: int, per_band: int, rng: np.random.
     return out
 
 
-def compute_browser(
+def feature_pages(
     sae: "SAE | TrainingSAE", dataset: ActivationDataset, model: "TransformerBridge",
-    cfg: BrowserConfig = BrowserConfig(), progress: bool = True,
+    cfg: FeaturePagesConfig = FeaturePagesConfig(), progress: bool = True,
 ) -> dict[str, Any]:
-    """Everything the site shows, from one encoding pass over ``dataset``'s held-out shard:
-    ``{"meta", "tokens", "details"}`` (JSON-able; :func:`write_site` writes it)."""
+    """Everything the feature browser shows, from one encoding pass over ``dataset``'s held-out shard:
+    ``{"meta", "tokens", "details"}`` (JSON-able; :func:`mechdemo.sites.feature_browser.write_browser`
+    writes it)."""
     from tqdm.auto import tqdm
 
     from mechdemo.models import get_spec
@@ -255,159 +240,3 @@ def compute_browser(
     tokens = {"vocab": [tokenizer.decode([int(t)]) for t in vocab_ids],
               "stream": [local[int(t)] for t in token_ids]}
     return {"meta": meta, "tokens": tokens, "details": details}
-
-
-# ---------------------------------------------------------------------------------------------
-# The site
-
-
-def ui_strings() -> list[str]:
-    """Every English UI string of the pages (listed in ``browser.js`` between UI_STRINGS_BEGIN and
-    UI_STRINGS_END): the keys of the translation table the caller fills in per language."""
-    source = (ASSETS / "browser.js").read_text(encoding="utf-8")
-    block = re.search(r"// UI_STRINGS_BEGIN\n(.*?)// UI_STRINGS_END", source, re.S)
-    if not block:
-        raise RuntimeError("browser.js has no UI_STRINGS_BEGIN ... UI_STRINGS_END block")
-    return [line[3:] for line in block.group(1).splitlines() if line.startswith("// ")]
-
-
-def check_site_out(out: str | Path, overwrite: bool = False) -> Path:
-    """Check, before any work, that a site can be written to ``out``: not a file, not a folder holding
-    anything but a browser this module wrote, and an existing browser only with ``overwrite``."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MechdemoError(f"--out {out} is a file, not a folder: choose a folder for the browser")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise MechdemoError(f"--out {out} is a folder that holds something other than a feature browser: choose "
-                                "another (mechdemo never replaces a folder it did not write)")
-        if not overwrite:
-            raise MechdemoError(f"--out {out} already holds a feature browser: pass --overwrite to replace it, or "
-                                "choose another --out")
-    check_writable(out)
-    return out
-
-
-def _js(name: str, value: Any) -> str:
-    return f"window.{name} = {json.dumps(value, ensure_ascii=False, separators=(',', ':'))};\n"
-
-
-def write_site(
-    data: dict[str, Any], out: str | Path, ui: dict[str, dict[str, str]], provenance: dict[str, Any] | None = None,
-    overwrite: bool = False,
-) -> list[str]:
-    """Write the site of :func:`compute_browser`'s ``data`` into ``out``; return its files (relative).
-
-    ``ui`` maps each language to its translation of :func:`ui_strings` (``{"es": {...}, "en": {...}}``):
-    pages ``<lang>/index.html`` and ``<lang>/feature.html`` per language, one copy of the data and the
-    script. Written into a sibling folder and renamed into place: an interrupted run leaves the old
-    site (or none), never half of one.
-    """
-    import html
-
-    out = check_site_out(out, overwrite)
-    files: list[str] = []
-    with folder_written_atomically(out, "writing") as tmp:
-
-        def put(rel: str, text: str) -> None:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(text, encoding="utf-8")
-            files.append(rel)
-
-        meta = data["meta"]
-        template = (ASSETS / "page.html").read_text(encoding="utf-8")
-        for lang, table in ui.items():
-            for page in PAGES:  # one template: the script draws the page its <body data-page> names
-                put(f"{lang}/{page}", template.replace("{{LANG}}", lang).replace("{{PAGE}}", page.removesuffix(".html"))
-                    .replace("{{TITLE}}", html.escape(meta["title"]))
-                    .replace("{{UI_JSON}}", json.dumps(table, ensure_ascii=False, sort_keys=True).replace("</", "<\\/")))
-        for asset in ("browser.js", "browser.css"):
-            put(f"assets/{asset}", (ASSETS / asset).read_text(encoding="utf-8"))
-        put("data/meta.js", _js("SAE_META", {**meta, "provenance": provenance or {}}))  # the pages' footer
-        put("data/tokens.js", _js("SAE_TOKENS", data["tokens"]))
-        details = data["details"]
-        for c, start in enumerate(range(0, len(details), meta["chunk_size"])):
-            chunk = json.dumps(details[start : start + meta["chunk_size"]], ensure_ascii=False, separators=(",", ":"))
-            put(f"data/features-{c:03d}.js", f"(window.SAE_CHUNKS = window.SAE_CHUNKS || {{}})[{c}] = {chunk};\n")
-        languages = list(ui)
-        index = "".join(f'<li><a href="{lang}/index.html">{lang}</a></li>' for lang in languages)
-        put("index.html", f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(meta["title"])}'
-                          f'</title><meta http-equiv="refresh" content="0; url={languages[0]}/index.html"></head>'
-                          f"<body><ul>{index}</ul></body></html>\n")
-        put(MARKER, json.dumps({"mechdemo_version": __version__, **(provenance or {}), "files": sorted(files)},
-                               indent=2, sort_keys=True) + "\n")
-    return sorted(files)
-
-
-def site_bytes(out: str | Path) -> int:
-    """The total size of the site's files."""
-    return sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
-
-
-def build_browser(
-    sae: "SAE | TrainingSAE", dataset: ActivationDataset, model: "TransformerBridge", out: str | Path,
-    ui: dict[str, dict[str, str]], cfg: BrowserConfig = BrowserConfig(), provenance: dict | None = None,
-    overwrite: bool = False, progress: bool = True,
-) -> list[str]:
-    """:func:`compute_browser` then :func:`write_site` (``out`` is checked first: nothing is computed for
-    a site that could not be written)."""
-    check_site_out(out, overwrite)
-    data = compute_browser(sae, dataset, model, cfg, progress=progress)
-    prov = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": cfg.__dict__,
-            "model": data["meta"]["model"], "layer": data["meta"]["layer"], "dataset": str(dataset.path),
-            **(provenance or {})}
-    return write_site(data, out, ui, prov, overwrite=overwrite)
-
-
-# ---------------------------------------------------------------------------------------------
-# Feature activations on any text (demo 06's helper)
-
-
-@torch.no_grad()
-def text_activations(
-    model: "TransformerBridge", sae: "SAE | TrainingSAE", where: str | int, text: str,
-) -> tuple[list[str], Float[Tensor, "pos d_sae"]]:
-    """The tokens of ``text`` (after the model's BOS, if it has one) and every feature's activation at
-    each: one forward pass to the SAE's site (``where``: a site name, or a layer for its MLP output), the
-    activation there encoded by the SAE."""
-    from mechdemo.interventions import run
-
-    hook, layer = hook_of(where)
-    tokens = model.to_tokens(text)  # BOS first, as the dataset's sequences
-    _, acts_at = run(model, tokens, names=[hook], stop_at_layer=layer + 1)
-    out = acts_at[hook][0]  # what extraction records (mechdemo.datasets)
-    acts = sae.encode(out.float().cpu().to(sae.W_dec.dtype))
-    strings = [model.tokenizer.decode([int(t)]) for t in tokens[0]]
-    bos = model.tokenizer.bos_token_id
-    if bos is not None and int(tokens[0, 0]) == bos:
-        strings, acts = strings[1:], acts[1:]
-    return strings, acts
-
-
-def highlight_html(tokens: Sequence[str], acts: Float[Tensor, "pos d_sae"], features: Sequence[int] | None = None,
-                   n: int = 3) -> str:
-    """Inline HTML (for a notebook) of ``tokens`` coloured by each of ``features``' activations, one line
-    per feature (default: the ``n`` features with the largest activation on the text). Hovering a
-    token shows its activation and the strongest features there."""
-    import html
-
-    if features is None:
-        features = [int(f) for f in acts.max(0).values.argsort(descending=True)[:n] if acts[:, f].max() > 0]
-    palette = ["255,127,14", "31,119,180", "44,160,44", "148,103,189", "214,39,40"]
-    top_here = [[int(f) for f in row.argsort(descending=True)[:3] if row[f] > 0] for row in acts]
-    lines = []
-    for i, f in enumerate(features):
-        col, peak = palette[i % len(palette)], float(acts[:, f].max())
-        spans = []
-        for j, tok in enumerate(tokens):
-            a = float(acts[j, f])
-            alpha = a / peak if peak > 0 else 0.0
-            tip = f"feature {f}: {a:.3g}" + ("; strongest here: " + ", ".join(map(str, top_here[j])) if top_here[j] else "")
-            text = html.escape(tok.replace("\n", "⏎"))
-            spans.append(f'<span title="{html.escape(tip)}" style="background:rgba({col},{alpha:.2f});'
-                         f'white-space:pre">{text}</span>')
-        lines.append(f'<div style="font-family:monospace;margin:4px 0"><b>feature {f}</b> (max {peak:.3g}): '
-                     + "".join(spans) + "</div>")
-    if not lines:
-        lines.append("<div>no feature fires on this text</div>")
-    return "\n".join(lines)

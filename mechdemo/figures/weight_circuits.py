@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from mechdemo.circuits import copying_scores, full_ov_circuit, k_composition_scores, mean_score_by_offset, positional_qk
+from mechdemo.weight_circuits import copying_scores, full_ov_circuit, k_composition_scores, mean_score_by_offset, positional_qk
 from mechdemo.figures import style
 from mechdemo.figures.attention import head_scores_of
 from mechdemo.figures.i18n import num, tr

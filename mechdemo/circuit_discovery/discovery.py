@@ -1,14 +1,14 @@
 """Automatic circuit discovery on IOI: score every edge, keep the top ones, measure what they do.
 
-:mod:`mechdemo.ioi_circuit` finds the IOI circuit by hand, as Wang et al. (2022) did: path-patching
+:mod:`mechdemo.ioi.circuit` finds the IOI circuit by hand, as Wang et al. (2022) did: path-patching
 scans and roles read from attention patterns. The field now finds circuits automatically
 (ACDC, Conmy et al. 2023; EAP, Syed et al. 2023; EAP-IG, Hanna et al. 2024):
 
-1. **score** every edge of the model's graph (:mod:`mechdemo.edge_patching`: ~70,000 edges for
+1. **score** every edge of the model's graph (:mod:`mechdemo.circuit_discovery.graph`: ~70,000 edges for
    SmolLM2-135M, 32,491 for GPT-2 small) on *discovery* prompts, by EAP or EAP-IG
-   (:mod:`mechdemo.edge_attribution`);
+   (:mod:`mechdemo.circuit_discovery.eap`);
 2. **build** circuits of increasing size from the top ``|score|`` edges, pruned of edges that can
-   change nothing (:func:`mechdemo.edge_patching.prune`);
+   change nothing (:func:`mechdemo.circuit_discovery.graph.prune_circuit`);
 3. **measure** each by real edge patching on *held-out* prompts (other names, places, objects;
    another seed): the **faithfulness curve**, normalised metric against number of edges. Random
    edges of the same sizes are the control: a method earns its keep by reaching high
@@ -31,12 +31,15 @@ import time
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
-from mechdemo.edge_attribution import IG_STEPS, METHODS, eap_and_eap_ig
-from mechdemo.edge_patching import (
-    Baseline, Graph, PromptPairs, baselines, faithfulness, faithfulness_many, prune, random_scores, top_edges,
+from mechdemo.circuit_discovery.eap import IG_STEPS, METHODS, eap_and_eap_ig
+from mechdemo.circuit_discovery.edge_patching import (
+    Baseline, PromptPairs, baselines, edge_patching_faithfulness, edge_patching_faithfulness_many,
+)
+from mechdemo.circuit_discovery.graph import (
+    ComputeGraph, edge_list, heads_in, node_circuit, prune_circuit, random_scores, top_edges,
 )
 from mechdemo.ioi import IOIBatch, ioi_batches
 from mechdemo.metrics import make_metric
@@ -71,13 +74,33 @@ def ioi_pairs(model: "TransformerBridge", batches: Sequence[IOIBatch], metric: s
 
 
 def ioi_prompt_sets(model: "TransformerBridge", n_per_template: int = N_PER_TEMPLATE,
-                    templates: Sequence[int] = TEMPLATES, n_held_out: int | None = None) -> tuple[list[IOIBatch], list[IOIBatch]]:
+                    templates: Sequence[int] = TEMPLATES, n_held_out: int | None = None,
+                    seed: int = 0) -> tuple[list[IOIBatch], list[IOIBatch]]:
     """Discovery and held-out evaluation prompts: same templates, another seed (other names, places
     and objects); ``n_held_out`` per template (default :data:`N_HELD_OUT_PER_TEMPLATE`, at most
-    ``n_per_template``)."""
+    ``n_per_template``). ``seed`` shifts both seeds (another draw of both sets)."""
     n_held_out = min(n_per_template, N_HELD_OUT_PER_TEMPLATE) if n_held_out is None else n_held_out
-    return (ioi_batches(model, n_per_template, DISCOVERY_SEED, list(templates)),
-            ioi_batches(model, n_held_out, EVALUATION_SEED, list(templates)))
+    return (ioi_batches(model, n_per_template, DISCOVERY_SEED + seed, list(templates)),
+            ioi_batches(model, n_held_out, EVALUATION_SEED + seed, list(templates)))
+
+
+def split_prompts(batches: Sequence[IOIBatch]) -> tuple[list[IOIBatch], list[IOIBatch]]:
+    """A user's prompts (:func:`mechdemo.ioi.load_prompts`, batches by token length) split in file order:
+    odd lines find the circuit, even lines measure it (so the two sets come from the same file, and
+    a circuit is never measured on the prompts it was found on)."""
+    from mechdemo.errors import MechdemoError
+
+    discovery, evaluation = [], []
+    for b in batches:
+        for half, parity in ((discovery, 0), (evaluation, 1)):
+            keep = [i for i, r in enumerate(b.rows) if r % 2 == parity]
+            if keep:
+                half.append(b.subset(keep))
+    if not discovery or not evaluation:
+        source = batches[0].source if batches else "the prompt file"
+        raise MechdemoError(f"{source} holds one prompt: circuit discovery needs at least two (odd lines find the "
+                            "circuit, even lines measure it)")
+    return discovery, evaluation
 
 
 def curve_sizes(n_edges: int, per_decade: int = 2, smallest: int = 10) -> list[int]:
@@ -92,18 +115,18 @@ def curve_sizes(n_edges: int, per_decade: int = 2, smallest: int = 10) -> list[i
 
 
 def faithfulness_curve(
-    model: "TransformerBridge", graph: Graph, base: Sequence[Baseline], scores: Float[Tensor, "s r"],
+    model: "TransformerBridge", graph: ComputeGraph, base: Sequence[Baseline], scores: Float[Tensor, "s r"],
     sizes: Iterable[int],
 ) -> list[dict]:
     """``[{"top": n, "edges": pruned size, "faithfulness": f}]`` for the top-``n`` circuits of ``scores``."""
     sizes = list(sizes)
-    circuits = [prune(top_edges(scores, graph, n), graph) for n in sizes]
-    values = faithfulness_many(model, graph, base, circuits)  # several circuits per forward pass
+    circuits = [prune_circuit(top_edges(scores, graph, n), graph) for n in sizes]
+    values = edge_patching_faithfulness_many(model, graph, base, circuits)  # several circuits per forward pass
     return [{"top": n, "edges": int(c.sum()), "faithfulness": f} for n, c, f in zip(sizes, circuits, values)]
 
 
 def smallest_circuit(
-    model: "TransformerBridge", graph: Graph, base: Sequence[Baseline], scores: Float[Tensor, "s r"], target: float,
+    model: "TransformerBridge", graph: ComputeGraph, base: Sequence[Baseline], scores: Float[Tensor, "s r"], target: float,
     curve: Sequence[dict] = (), rel_tol: float = 0.05, probes: int = 3,
 ) -> dict:
     """The smallest top-``n`` circuit (pruned) whose faithfulness is at least ``target``, to within
@@ -115,8 +138,8 @@ def smallest_circuit(
 
     def measure(ns: list[int]) -> None:
         new = [n for n in dict.fromkeys(ns) if n not in measured]
-        circuits = [prune(top_edges(scores, graph, n), graph) for n in new]
-        measured.update(zip(new, faithfulness_many(model, graph, base, circuits)))
+        circuits = [prune_circuit(top_edges(scores, graph, n), graph) for n in new]
+        measured.update(zip(new, edge_patching_faithfulness_many(model, graph, base, circuits)))
 
     reaching = [n for n in sorted(measured) if measured[n] >= target]
     hi = reaching[0] if reaching else graph.n_edges
@@ -131,54 +154,55 @@ def smallest_circuit(
         measure(inside)
         hi = min([n for n in inside if measured[n] >= target], default=hi)
         lo = max([n for n in inside if n < hi and measured[n] < target] + [lo])
-    circuit = prune(top_edges(scores, graph, hi), graph)
+    circuit = prune_circuit(top_edges(scores, graph, hi), graph)
     return {"top": hi, "edges": int(circuit.sum()), "faithfulness": measured[hi], "reached": True, "circuit": circuit}
 
 
-def node_circuit(graph: Graph, heads: Iterable[tuple[int, int]]) -> Bool[Tensor, "s r"]:
-    """A circuit of heads as edges: every edge among the heads, the embeddings, every MLP and the
-    logits (the heads' Q, K and V inputs; a shared key/value head counts if one of its query heads is in)."""
-    heads = set(heads)
-    group = graph.n_heads // graph.n_kv_heads
-    senders = torch.zeros(graph.n_senders, dtype=torch.bool)
-    receivers = torch.zeros(graph.n_receivers, dtype=torch.bool)
-    senders[0] = True
-    receivers[graph.logits] = True
-    for layer in range(graph.n_layers):
-        senders[graph.mlp(layer)] = True
-        receivers[graph.mlp_in(layer)] = True
-    for layer, head in heads:
-        senders[graph.head(layer, head)] = True
-        receivers[graph.q(layer).start + head] = True
-        receivers[graph.k(layer).start + head // group] = True
-        receivers[graph.v(layer).start + head // group] = True
-    return senders[:, None] & receivers[None, :] & graph.edges
-
-
-def heads_in(graph: Graph, circuit: Bool[Tensor, "s r"]) -> list[tuple[int, int]]:
-    """The heads whose output leaves through some edge of ``circuit``."""
-    out = []
-    for layer in range(graph.n_layers):
-        for head in range(graph.n_heads):
-            if bool(circuit[graph.head(layer, head)].any()):
-                out.append((layer, head))
-    return out
-
-
-def edge_list(graph: Graph, scores: Float[Tensor, "s r"], circuit: Bool[Tensor, "s r"] | None = None,
-              limit: int | None = None) -> list[dict]:
-    """Edges (of ``circuit``, or all) by decreasing ``|score|``: ``{"edge", "sender", "receiver", "score"}``."""
-    mask = graph.edges if circuit is None else circuit & graph.edges
-    idx = mask.flatten().nonzero().flatten()
-    order = idx[scores.flatten()[idx].abs().argsort(descending=True, stable=True)]
-    if limit is not None:
-        order = order[:limit]
-    out = []
-    for i in order.tolist():
-        s, r = divmod(i, graph.n_receivers)
-        out.append({"edge": graph.edge_name(s, r), "sender": graph.sender_name(s), "receiver": graph.receiver_name(r),
-                    "score": round(float(scores[s, r]), 6)})
-    return out
+def discover_circuit(
+    model: "TransformerBridge",
+    discovery: Sequence[IOIBatch],
+    evaluation: Sequence[IOIBatch],
+    method: str = "eap-ig",
+    metric: str = "logit_diff",
+    edges: int | None = None,
+    target: float | None = TARGET,
+    top: int = 20,
+    progress: bool = False,
+) -> dict:
+    """Find one circuit: ``method``'s edge scores on the ``discovery`` prompts, then either the top
+    ``edges`` edges (pruned) or the smallest top-scoring circuit at least ``target`` faithful, measured by
+    edge patching on the ``evaluation`` prompts. What ``mechdemo circuit`` prints, as JSON-able numbers
+    (the circuit itself, a boolean ``[n_senders, n_receivers]`` tensor, under ``"tensor"``)."""
+    if (edges is None) == (target is None):
+        raise ValueError("give either edges (a circuit size) or target (a faithfulness to reach), not both")
+    graph = ComputeGraph.of(model)
+    steps = steps_of(method)
+    start = time.perf_counter()
+    scores = eap_and_eap_ig(model, graph, ioi_pairs(model, discovery, metric), steps, progress)[
+        "eap-ig" if steps > 1 else "eap"]
+    seconds = {"scores": round(time.perf_counter() - start, 2)}
+    base = baselines(model, graph, ioi_pairs(model, evaluation, metric))
+    start = time.perf_counter()
+    if edges is not None:
+        circuit = prune_circuit(top_edges(scores, graph, edges), graph)
+        found = {"top": edges, "edges": int(circuit.sum()),
+                 "faithfulness": edge_patching_faithfulness(model, graph, base, circuit)}
+    else:
+        result = smallest_circuit(model, graph, base, scores, target)
+        circuit = result.get("circuit", graph.edges)
+        found = {**_public(result), "target": target}
+    seconds["evaluation"] = round(time.perf_counter() - start, 2)
+    found["fraction"] = found["edges"] / graph.n_edges
+    found["heads"] = [list(h) for h in heads_in(graph, circuit)]
+    return {
+        "method": method, "ig_steps": steps, "metric": metric, "n_edges": graph.n_edges,
+        "n_prompts": {"discovery": sum(len(b) for b in discovery), "evaluation": sum(len(b) for b in evaluation)},
+        "clean_value": _mean([b.clean_value for b in base], [b.pairs.n for b in base]),
+        "corrupted_value": _mean([b.corrupted_value for b in base], [b.pairs.n for b in base]),
+        "top_edges": edge_list(graph, scores, limit=top), "circuit": found,
+        "circuit_edges": [e["edge"] for e in edge_list(graph, scores, circuit)], "seconds": seconds,
+        "tensor": circuit,
+    }
 
 
 def discover_ioi(
@@ -197,7 +221,7 @@ def discover_ioi(
     that circuit's faithfulness and the smallest EAP-IG circuit at least as faithful.
 
     Returns JSON-able numbers plus, under ``"tensors"``, the scores and circuits (not JSON)."""
-    graph = Graph.of(model)
+    graph = ComputeGraph.of(model)
     discovery, evaluation = ioi_prompt_sets(model, n_per_template, templates)
     seconds = {}
     start = time.perf_counter()
@@ -232,7 +256,7 @@ def discover_ioi(
     if role_heads:
         heads = sorted({tuple(h) for group in role_heads.values() for h in group})
         hand = node_circuit(graph, heads)
-        hand_faith = faithfulness(model, graph, base, hand)
+        hand_faith = edge_patching_faithfulness(model, graph, base, hand)
         matching = smallest_circuit(model, graph, base, scores["eap-ig"], hand_faith, curves["eap-ig"])
         found = set(heads_in(graph, at_target.get("circuit", graph.edges)))
         out["path_patching"] = {"heads": [list(h) for h in heads], "edges": int(hand.sum()),

@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from mechdemo.errors import MechdemoError
-from mechdemo.metrics import logit_diff
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -304,20 +303,3 @@ def require_corrupted(batches: list[IOIBatch]) -> None:
                 f"{b.source}:{b.uncorrupted_lines[0]}: no corrupted prompt: the line has no \"corrupted\" field and "
                 "its incorrect answer does not occur in the prompt (where the ABC corruption would replace it); "
                 'add a "corrupted" prompt of the same token length')
-
-
-# --- metric ----------------------------------------------------------------------------------
-
-
-def logit_diff_of(model: "TransformerBridge", tokens: Int[Tensor, "n pos"], batch: IOIBatch) -> Float[Tensor, " n"]:
-    with torch.no_grad():
-        return logit_diff(model(tokens.to(model.cfg.device)), batch.correct, batch.incorrect).float().cpu()
-
-
-def summary(diffs: Float[Tensor, " n"]) -> dict:
-    """The JSON summary of a logit-difference vector."""
-    return {
-        "logit_diff_mean": round(diffs.mean().item(), 4),
-        "logit_diff_per_prompt": [round(x, 4) for x in diffs.tolist()],
-        "accuracy": round((diffs > 0).float().mean().item(), 4),
-    }

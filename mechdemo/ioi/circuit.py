@@ -6,7 +6,7 @@ write the answer directly (name movers), heads that steer the name movers' queri
 behind the induction heads; each step is one path-patching scan
 (:mod:`mechdemo.path_patching`) and a role is read from where the head attends. Backup name
 movers come from the direct effects that grow once the name movers are mean-ablated, and the
-circuit's faithfulness from mean-ablating every other head (:mod:`mechdemo.ablation`).
+circuit's faithfulness from mean-ablating every other head (:mod:`mechdemo.mean_ablation`).
 :mod:`mechdemo.circuit_discovery` finds circuits automatically instead and compares.
 
 This module sits above :mod:`mechdemo.ioi` (prompts and the metric) and the patching modules,
@@ -22,11 +22,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechdemo.ablation import faithfulness, mean_ablation_hooks, mean_head_outputs
+from mechdemo.mean_ablation import mean_ablation_faithfulness, mean_ablation_hooks, mean_head_outputs
 from mechdemo.dla import direct_logit_attribution
 from mechdemo.heads import top_heads
 from mechdemo.interventions import site
-from mechdemo.ioi import IOIBatch, ioi_batch
+from mechdemo.ioi.prompts import IOIBatch, ioi_batch
 from mechdemo.patching import prepare_ioi
 from mechdemo.path_patching import path_patch_each_head
 
@@ -173,5 +173,5 @@ def find_ioi_circuit(
     roles["backup_name_mover"] = _pick(relative, max_per_role, 2 * threshold, set(nms) | used,
                                        {"dla_before": before, "dla_after": after})
     circuit = {(h["layer"], h["head"]) for group in roles.values() for h in group}
-    faith = faithfulness(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, circuit)
+    faith = mean_ablation_faithfulness(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, circuit)
     return IOICircuit(roles, scans, attention, faith)

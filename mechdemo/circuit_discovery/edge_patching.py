@@ -1,23 +1,7 @@
-"""Edge patching: a transformer as a graph of edges, and the exact evaluation of a circuit.
+"""Edge patching: the exact evaluation of a circuit of the model's computational graph.
 
-A transformer's residual stream is a sum: every attention head and every MLP *adds* its output,
-and every later component *reads* the sum (Elhage et al. 2021, "A Mathematical Framework"). So the
-input of a component is the sum of the outputs of every component before it, and the model is a
-graph whose **edges** are "output of A, as read by B":
-
-* **senders** (nodes with an output): the embeddings (``input``), every attention head
-  (``a{L}.h{H}``, its output ``z @ W_O``) and every MLP (``m{L}``);
-* **receivers** (node inputs): each head's query, key and value input (``a{L}.h{H}<q>`` ...), each
-  MLP's input (``m{L}``) and the logits (the final residual stream). Q, K and V are separate
-  receivers, so an edge says which input of the later head it enters.
-  **Grouped-query attention** (Llama, SmolLM2): the query heads of a group share one key and one
-  value projection, so the K and V receivers are the key/value heads (``a{L}.kv{G}<k>``): an edge
-  into a shared key enters every query head of the group, as it does in the model;
-* an edge goes from every sender to every receiver after it: heads of layer L read the senders of
-  layers < L; the MLP of layer L also reads the heads of layer L (sequential blocks: GPT-2, Llama);
-  the logits read every sender.
-
-A **circuit** is a set of edges. It is evaluated by **edge patching** (Wang et al. 2022's path
+The graph (:mod:`mechdemo.circuit_discovery.graph`) has an edge from every component's output to
+every later component's input. A **circuit** is a set of edges. It is evaluated by **edge patching** (Wang et al. 2022's path
 patching generalised by Conmy et al. 2023 for ACDC and Hanna et al. 2024 for EAP-IG): run the
 clean prompts, but every edge *outside* the circuit carries the sender's output on the
 **corrupted** prompts instead of its current one. In one forward pass:
@@ -40,14 +24,14 @@ SmolLM2-135M (``benchmarks/bench_circuit.py`` measures both). The hook points ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechdemo.circuit_discovery.graph import ComputeGraph
 from mechdemo.forward import BlockContext, block_context, run_blocks
 from mechdemo.interventions import run, site, switches_on
 from mechdemo.metrics import Metric, normalize
@@ -57,124 +41,6 @@ if TYPE_CHECKING:
 
 INPUT = site("resid_pre", 0)  # the embeddings: the input node's output
 FINAL = site("final")  # the logits' receiver
-
-
-@dataclass(frozen=True)
-class Graph:
-    """Index arithmetic of a model's edge graph (no tensors of the model; see the module docstring).
-
-    Senders: ``0`` = input, then per layer its heads and its MLP. Receivers: per layer its query
-    heads, key heads, value heads and its MLP, then the logits. Edge scores and circuits are
-    ``[n_senders, n_receivers]`` tensors; :attr:`edges` marks the pairs that are edges.
-    """
-
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-
-    @classmethod
-    def of(cls, model: "TransformerBridge") -> "Graph":
-        cfg = model.cfg
-        return cls(cfg.n_layers, cfg.n_heads, getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
-
-    # senders
-    @property
-    def n_senders(self) -> int:
-        return 1 + self.n_layers * (self.n_heads + 1)
-
-    def head(self, layer: int, head: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + head
-
-    def mlp(self, layer: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + self.n_heads
-
-    def before(self, layer: int) -> int:
-        """Number of senders upstream of layer ``layer``'s attention (the input and layers < ``layer``)."""
-        return 1 + layer * (self.n_heads + 1)
-
-    # receivers
-    @property
-    def per_layer(self) -> int:
-        return self.n_heads + 2 * self.n_kv_heads + 1
-
-    @property
-    def n_receivers(self) -> int:
-        return self.n_layers * self.per_layer + 1
-
-    def q(self, layer: int) -> slice:
-        start = layer * self.per_layer
-        return slice(start, start + self.n_heads)
-
-    def k(self, layer: int) -> slice:
-        start = layer * self.per_layer + self.n_heads
-        return slice(start, start + self.n_kv_heads)
-
-    def v(self, layer: int) -> slice:
-        start = layer * self.per_layer + self.n_heads + self.n_kv_heads
-        return slice(start, start + self.n_kv_heads)
-
-    def mlp_in(self, layer: int) -> int:
-        return (layer + 1) * self.per_layer - 1
-
-    @property
-    def logits(self) -> int:
-        return self.n_layers * self.per_layer
-
-    @cached_property
-    def edges(self) -> Bool[Tensor, "n_senders n_receivers"]:
-        """Which (sender, receiver) pairs are edges of the graph."""
-        e = torch.zeros(self.n_senders, self.n_receivers, dtype=torch.bool)
-        for layer in range(self.n_layers):
-            up = self.before(layer)
-            e[:up, layer * self.per_layer : self.mlp_in(layer)] = True  # q, k, v of every head
-            e[: up + self.n_heads, self.mlp_in(layer)] = True  # the MLP also reads this layer's heads
-        e[:, self.logits] = True
-        return e
-
-    @property
-    def n_edges(self) -> int:
-        return int(self.edges.sum())
-
-    # names, as in Hanna et al.'s EAP-IG code: input, a3.h5, m3, a7.h2<q>, logits
-    def sender_name(self, i: int) -> str:
-        if i == 0:
-            return "input"
-        layer, j = divmod(i - 1, self.n_heads + 1)
-        return f"m{layer}" if j == self.n_heads else f"a{layer}.h{j}"
-
-    def receiver_kind(self, j: int) -> tuple[str, int, int]:
-        """``(kind, layer, index)`` of receiver ``j``: kind ``q`` (index: query head), ``k`` or ``v``
-        (index: key/value head), ``mlp`` or ``logits``."""
-        if j == self.logits:
-            return "logits", self.n_layers, 0
-        layer, r = divmod(j, self.per_layer)
-        if r < self.n_heads:
-            return "q", layer, r
-        if r < self.n_heads + self.n_kv_heads:
-            return "k", layer, r - self.n_heads
-        if r < self.n_heads + 2 * self.n_kv_heads:
-            return "v", layer, r - self.n_heads - self.n_kv_heads
-        return "mlp", layer, 0
-
-    def receiver_name(self, j: int) -> str:
-        kind, layer, i = self.receiver_kind(j)
-        if kind in ("logits", "mlp"):
-            return "logits" if kind == "logits" else f"m{layer}"
-        head = "h" if kind == "q" or self.n_kv_heads == self.n_heads else "kv"
-        return f"a{layer}.{head}{i}<{kind}>"
-
-    def receiver_node(self, j: int) -> str:
-        """The node a receiver belongs to (``a3.h5<q>`` → ``a3.h5``; a shared K/V head → its first query head)."""
-        kind, layer, i = self.receiver_kind(j)
-        if kind in ("logits", "mlp"):
-            return "logits" if kind == "logits" else f"m{layer}"
-        return f"a{layer}.h{i if kind == 'q' else i * (self.n_heads // self.n_kv_heads)}"
-
-    def edge_name(self, sender: int, receiver: int) -> str:
-        return f"{self.sender_name(sender)}->{self.receiver_name(receiver)}"
-
-    def empty(self) -> Bool[Tensor, "n_senders n_receivers"]:
-        return torch.zeros(self.n_senders, self.n_receivers, dtype=torch.bool)
 
 
 def forward_to_final_resid(
@@ -195,7 +61,7 @@ def forward_to_final_resid(
 
 
 def sender_outputs(
-    model: "TransformerBridge", graph: Graph, tokens: Int[Tensor, "n pos"]
+    model: "TransformerBridge", graph: ComputeGraph, tokens: Int[Tensor, "n pos"]
 ) -> Float[Tensor, "n_senders n pos d_model"]:
     """Every sender's output on ``tokens``: embeddings, each head's ``z @ W_O``, each MLP's output."""
     n, pos = tokens.shape
@@ -303,7 +169,7 @@ class Baseline:
         return self.suffix.pairs
 
 
-def _corrupted_resid(model: "TransformerBridge", graph: Graph, tokens: Int[Tensor, "n pos"]) -> Tensor:
+def _corrupted_resid(model: "TransformerBridge", graph: ComputeGraph, tokens: Int[Tensor, "n pos"]) -> Tensor:
     out = []
 
     def keep(act, hook):
@@ -318,7 +184,7 @@ def _corrupted_resid(model: "TransformerBridge", graph: Graph, tokens: Int[Tenso
     return torch.stack([*out, final.float().cpu()])
 
 
-def baselines(model: "TransformerBridge", graph: Graph, pairs: Sequence[PromptPairs]) -> list[Baseline]:
+def baselines(model: "TransformerBridge", graph: ComputeGraph, pairs: Sequence[PromptPairs]) -> list[Baseline]:
     """One :class:`Baseline` per group of prompt pairs."""
     out = []
     for p in pairs:
@@ -339,7 +205,7 @@ def _weighted(values: Sequence[float], weights: Sequence[int]) -> float:
 
 
 def edge_patched_resid(
-    model: "TransformerBridge", graph: Graph, base: Baseline,
+    model: "TransformerBridge", graph: ComputeGraph, base: Baseline,
     circuits: Bool[Tensor, "n_senders n_receivers"] | Sequence[Bool[Tensor, "n_senders n_receivers"]],
 ) -> Float[Tensor, "n suffix d_model"] | Float[Tensor, "copies n suffix d_model"]:
     """The final residual stream of the clean prompts (suffix positions: the last is the answer)
@@ -437,18 +303,18 @@ def mix(
 MAX_COPIES = 8  # circuits per forward pass in faithfulness_many (memory: 8 copies of every sender's output)
 
 
-def faithfulness(
-    model: "TransformerBridge", graph: Graph, base: Sequence[Baseline], circuit: Bool[Tensor, "n_senders n_receivers"]
+def edge_patching_faithfulness(
+    model: "TransformerBridge", graph: ComputeGraph, base: Sequence[Baseline], circuit: Bool[Tensor, "n_senders n_receivers"]
 ) -> float:
     """The circuit's normalised metric over every prompt (1 = the clean model, 0 = corrupted).
 
     The empty circuit is 0 and the whole graph 1 by construction (every input is then the corrupted,
     or the clean, one: the tests check it with :func:`edge_patched_resid`), so neither is run."""
-    return faithfulness_many(model, graph, base, [circuit])[0]
+    return edge_patching_faithfulness_many(model, graph, base, [circuit])[0]
 
 
-def faithfulness_many(
-    model: "TransformerBridge", graph: Graph, base: Sequence[Baseline],
+def edge_patching_faithfulness_many(
+    model: "TransformerBridge", graph: ComputeGraph, base: Sequence[Baseline],
     circuits: Sequence[Bool[Tensor, "n_senders n_receivers"]],
 ) -> list[float]:
     """:func:`faithfulness` of each circuit, up to :data:`MAX_COPIES` per forward pass."""
@@ -480,54 +346,3 @@ def faithfulness_many(
     return out  # type: ignore[return-value]
 
 
-def top_edges(scores: Float[Tensor, "n_senders n_receivers"], graph: Graph, n: int) -> Bool[Tensor, "n_senders n_receivers"]:
-    """The circuit of the ``n`` edges with the largest ``|score|`` (ties broken by index)."""
-    flat = scores.abs().masked_fill(~graph.edges, -1.0).flatten()
-    circuit = torch.zeros_like(flat, dtype=torch.bool)
-    n = max(0, min(n, graph.n_edges))
-    if n:
-        circuit[torch.topk(flat, n, sorted=True).indices] = True
-    return circuit.view_as(scores) & graph.edges
-
-
-def prune(circuit: Bool[Tensor, "n_senders n_receivers"], graph: Graph) -> Bool[Tensor, "n_senders n_receivers"]:
-    """Drop the edges that cannot change the evaluation: those leaving a node no circuit edge enters
-    (its output is then exactly its corrupted one; the input node always counts as entered) and
-    those entering a node no circuit edge leaves (its output then reaches nothing). Repeats until
-    stable; the faithfulness is unchanged (the tests check it)."""
-    c = circuit.clone() & graph.edges
-    receivers_of = _receivers_of_sender(graph)
-    while True:
-        fed = torch.zeros(graph.n_senders, dtype=torch.bool)
-        fed[0] = True
-        entered = c.any(0)  # per receiver
-        for s in range(1, graph.n_senders):
-            fed[s] = bool(entered[receivers_of[s]].any())
-        feeds = c.any(1)  # per sender: has an outgoing edge
-        used = torch.zeros(graph.n_receivers, dtype=torch.bool)
-        used[graph.logits] = True
-        for s in range(1, graph.n_senders):
-            if feeds[s]:
-                used[receivers_of[s]] = True
-        keep = c & fed[:, None] & used[None, :]
-        if torch.equal(keep, c):
-            return c
-        c = keep
-
-
-def _receivers_of_sender(graph: Graph) -> list[list[int]]:
-    """For each sender node, the receivers that are its inputs (a head: its q, its k/v head's k and v)."""
-    out: list[list[int]] = [[] for _ in range(graph.n_senders)]
-    group = graph.n_heads // graph.n_kv_heads
-    for layer in range(graph.n_layers):
-        for h in range(graph.n_heads):
-            out[graph.head(layer, h)] = [graph.q(layer).start + h, graph.k(layer).start + h // group,
-                                         graph.v(layer).start + h // group]
-        out[graph.mlp(layer)] = [graph.mlp_in(layer)]
-    return out
-
-
-def random_scores(graph: Graph, seed: int = 0) -> Float[Tensor, "n_senders n_receivers"]:
-    """Random edge scores: the control in a faithfulness curve (same circuit sizes, no information)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(graph.n_senders, graph.n_receivers, generator=g).masked_fill(~graph.edges, 0.0)
