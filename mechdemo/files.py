@@ -46,9 +46,12 @@ def write_json_atomic(path: Path, data: Any, fsync: bool = True, ensure_ascii: b
     os.replace(tmp, path)
 
 
-def read_json(path: Path, rebuild: str) -> Any:
+def read_json(path: Path, rebuild: str, fields: dict[str, type | tuple[type, ...]] | None = None) -> Any:
     """The JSON in ``path``; a :class:`CorruptFileError` naming the file and ``rebuild`` (how to make it
-    again) if it cannot be read or parsed."""
+    again) if it cannot be read or parsed, or, with ``fields`` ({name: type}), if it is not an object
+    with those fields of those types (valid JSON of the wrong shape: a hand edit, another program's
+    file). Every file mechdemo reads back goes through here: manifests, configs, progress files,
+    SAE configs, and the tuned lenses and transcoders to come (give their ``rebuild`` command)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -57,10 +60,30 @@ def read_json(path: Path, rebuild: str) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise CorruptFileError(f"{path} cannot be read ({err}): {rebuild}") from None
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         what = "is empty" if not text.strip() else f"is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})"
         raise CorruptFileError(f"{path} {what}: it was truncated or edited; {rebuild}") from None
+    if fields is not None:
+        if not isinstance(data, dict):
+            raise CorruptFileError(f"{path} holds a JSON {type(data).__name__}, not the object mechdemo wrote: it was "
+                                   f"edited or replaced; {rebuild}")
+        for name, kind in fields.items():
+            if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool) and bool not in _types(kind):
+                got = "is missing" if name not in data else f"is {_type_names(type(data[name]))}"
+                raise CorruptFileError(f"{path}: {name!r} {got}, expected {_type_names(kind)}: the file was edited or "
+                                       f"is not the one mechdemo wrote; {rebuild}")
+    return data
+
+
+def _types(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _type_names(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", int: "a whole number", float: "a number",
+             bool: "true or false", type(None): "null"}
+    return " or ".join(names.get(k, k.__name__) for k in _types(kind))
 
 
 def check_writable(out: Path) -> None:

@@ -137,6 +137,20 @@ class _Stepper:
             self.cache.reorder_cache(beams)
 
 
+def stop_ids(model: "TransformerBridge") -> set[int]:
+    """The tokens that end a generation, as ``transformers``' ``generate`` stops: the ids of the model's
+    generation config (Phi-3-mini-4k-instruct's: ``<|endoftext|>``, ``<|assistant|>`` and the chat's end
+    of turn ``<|end|>``; the other registered models' name their EOS), else the tokenizer's EOS."""
+    config = getattr(model.original_model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    ids.discard(None)
+    if ids:
+        return {int(i) for i in ids}
+    eos = model.tokenizer.eos_token_id
+    return set() if eos is None else {int(eos)}
+
+
 def _prompt_ids(model: "TransformerBridge", prompt: str | Tensor) -> Int[Tensor, "1 pos"]:
     if isinstance(prompt, str):
         return model.to_tokens(prompt).cpu()  # BOS first, as the analyses
@@ -154,7 +168,7 @@ def generate(
     choose = make_chooser(strategy, temperature, k, p)
     hf = model.original_model
     ids = _prompt_ids(model, prompt).to(hf.device)
-    eos = model.tokenizer.eos_token_id if stop_at_eos else None
+    stops = stop_ids(model) if stop_at_eos else set()
     generator = torch.Generator().manual_seed(seed)
     step = _Stepper(hf, use_cache)
     result = Generation(ids[0].tolist(), [])
@@ -167,7 +181,7 @@ def generate(
         result.steps.append([(int(t), float(q)) for t, q in zip(top, probs)])
         result.new_ids.append(token)
         ids = torch.cat([ids, torch.tensor([[token]], device=ids.device)], dim=1)
-        if token == eos:
+        if token in stops:
             break
     result.forward_passes = step.forward_passes
     return result
@@ -184,7 +198,7 @@ def beam_search(
     hf = model.original_model
     ids = _prompt_ids(model, prompt).to(hf.device)
     prompt_len = ids.shape[1]
-    eos = model.tokenizer.eos_token_id if stop_at_eos else None
+    stops = stop_ids(model) if stop_at_eos else set()
     step = _Stepper(hf, use_cache)
     beams = ids.repeat(num_beams, 1)
     scores = torch.full((num_beams,), float("-inf"))
@@ -197,7 +211,7 @@ def beam_search(
         keep: list[tuple[int, int, float]] = []  # (beam, token, score)
         for rank, (score, index) in enumerate(zip(top_scores.tolist(), top_index.tolist())):
             beam, token = divmod(index, logprobs.shape[-1])
-            if token == eos:
+            if token in stops:
                 if rank < num_beams:
                     finished.append((score / generated, beams[beam, prompt_len:].tolist() + [token]))
             elif len(keep) < num_beams:

@@ -21,6 +21,23 @@ def bos_token_id(model: "TransformerBridge") -> int:
     return int(bos)
 
 
+def unpadded_tokens(model: "TransformerBridge", prompts: list[str], what: str = "prompts") -> Int[Tensor, "n pos"]:
+    """``model.to_tokens(prompts)`` (BOS first), refusing to pad: analyses that read "the last position"
+    or fixed positions need every prompt to have the same number of tokens, and ``to_tokens`` would pad
+    the shorter ones silently (under GPT-2 with its BOS id, 50256, so the pads look like tokens). A
+    :class:`MechdemoError` names the two prompts that differ."""
+    lengths = [len(ids) for ids in model.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    if len(set(lengths)) > 1:
+        short, long = lengths.index(min(lengths)), lengths.index(max(lengths))
+        raise MechdemoError(
+            f"{what} of different token lengths for {model.cfg.model_name} ({prompts[short]!r}: {lengths[short]}, "
+            f"{prompts[long]!r}: {lengths[long]}); they would be padded and their positions would not align. Use "
+            "words that are single tokens for this tokenizer (mechdemo.ioi.single_token_words), or group prompts by "
+            "length (mechdemo.ioi.load_prompts does)")
+    tokens = model.to_tokens(list(prompts))
+    return tokens
+
+
 def ordinary_token_ids(model: "TransformerBridge") -> Int[Tensor, " n"]:
     """Ids of ordinary vocabulary tokens: no special or added tokens (BOS, EOS, chat markers...)."""
     tok = model.tokenizer

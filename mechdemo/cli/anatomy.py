@@ -21,6 +21,9 @@ def run_anatomy(args: argparse.Namespace) -> int:
     print("\nparameters:")
     for part, n in a["parameters"].items():
         print(f"  {part:<20} {n:>15,}")
+    print("\none block's projections ([out, in]):")
+    for row in a["modules"]:
+        print(f"  {row['module']:<22} {str(row['shape']):<14} {row['meaning']}")
     print("\nconfig:")
     for row in a["config"]:
         print(f"  {row['field']:<34} {str(row['value']):<24} {row['meaning']}")

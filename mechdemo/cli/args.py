@@ -60,10 +60,12 @@ def layers(text: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def device(text: str) -> str:
-    """cpu, cuda, cuda:N or mps, and only if this machine has it."""
+def device(text: str) -> str | None:
+    """auto (None), cpu, cuda, cuda:N or mps, and only if this machine has it."""
+    if text == "auto":
+        return None
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda, cuda:N or mps")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     import torch
 
     if text.startswith("cuda") and not torch.cuda.is_available():
@@ -75,4 +77,6 @@ def device(text: str) -> str:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=device, default=None, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--device", type=device, default=None,
+                   help="auto (default: CUDA, else MPS, else the CPU; a GPU only if its self-check passes), cpu, "
+                        "cuda, cuda:N, mps")

@@ -8,14 +8,16 @@ Sources (``iter_documents``):
   the standard library, read from the source files with ``ast`` (nothing is imported). Real,
   human-written technical English with code, about 10 MB; deterministic for a given Python
   version.
-* a local ``.txt`` file (one document), a ``.jsonl`` file (one ``{"text": ...}`` per line), or a
+* a local ``.txt`` file (one document; one longer than the quality filter's limit is split into
+  paragraphs, and a paragraph still too long into runs of whole sentences), a ``.jsonl`` file (one ``{"text": ...}`` per line), or a
   folder of them (read recursively in sorted order);
 * a Hugging Face dataset name such as ``monology/pile-uncopyrighted`` (what the course used),
   streamed (needs the Hub).
 
 ``doc_id`` is a document's index in its source, before filtering, so it is stable whatever the
 filter keeps. The quality filter is the course's: 20 < length < 30,000 characters, not all
-upper-case, not a number.
+upper-case, not a number. Documents are tokenised with special-token parsing off: a literal
+``<|eot_id|>`` in a web page is text, not Llama 3's end of turn.
 
 Chunking follows the course (``tokens + [EOS]`` cut into pieces of fixed length) with two
 differences. Every piece starts with BOS, as SAELens does, not only the first: models write
@@ -100,10 +102,29 @@ def _read_text(file: Path) -> str:
 
 def _paragraphs(text: str) -> list[str]:
     """A .txt file is one document; one longer than the quality filter's limit is split into its
-    paragraphs (blank-line separated), which would otherwise be dropped whole."""
-    if len(text) <= MAX_CHARS:
+    paragraphs (blank-line separated), and a paragraph still too long into runs of whole sentences
+    (:func:`split_long`), so that ordinary text is never dropped for its length."""
+    if len(text.strip()) < MAX_CHARS:
         return [text]
-    return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return [piece for p in re.split(r"\n\s*\n", text) if p.strip() for piece in split_long(p)]
+
+
+def split_long(text: str, limit: int = MAX_CHARS - 1) -> list[str]:
+    """``text`` in consecutive pieces of at most ``limit`` characters, cut after a sentence's end where
+    possible, else at a space, else (one "word" longer than ``limit``) anywhere; nothing is lost but
+    the whitespace at the cuts."""
+    text = text.strip()
+    pieces: list[str] = []
+    while len(text) > limit:
+        window = text[: limit + 1]
+        cut = max((m.end() for m in re.finditer(r"[.!?…][\"')\]]*\s", window)), default=0)
+        if cut < limit // 4:  # no sentence end in the last three quarters: cut at a space
+            cut = window.rfind(" ") + 1 or window.rfind("\n") + 1
+        if cut < limit // 4:
+            cut = limit
+        pieces.append(text[:cut].strip())
+        text = text[cut:].strip()
+    return pieces + ([text] if text else [])
 
 
 def _local(path: Path) -> Iterator[str]:
@@ -203,7 +224,9 @@ def iter_chunks(model, source: str, seq_len: int, max_doc_tokens: int = 100_000)
     if pad is None:
         raise MechdemoError(f"{model.cfg.model_name}'s tokenizer has no pad or EOS token to pad chunks with")
     for doc_id, text in iter_documents(source):
-        ids = tok(text, add_special_tokens=False, truncation=True, max_length=max_doc_tokens).input_ids
+        # special-token parsing off: a literal "<|eot_id|>" in a document is text, not Llama 3's end of turn
+        ids = tok(text, add_special_tokens=False, split_special_tokens=True, truncation=True,
+                  max_length=max_doc_tokens).input_ids
         yield from chunk_document(doc_id, ids, seq_len, bos, eos, pad)
 
 

@@ -54,8 +54,10 @@ class ActivationDataset:
         if not manifest.is_file():
             raise MechdemoError(f"{self.path} has no {MANIFEST}: not a finished dataset (rerun `mechdemo extract` "
                                 "with the same arguments to finish it)")
-        self.manifest = read_json(manifest, "rerun `mechdemo extract` with the dataset's arguments (its shards are "
-                                            "kept) or build it again")
+        self.manifest = read_json(manifest, "rerun `mechdemo extract` with the dataset's arguments (config.json beside "
+                                            "it records them; complete shards are kept, not recomputed) or build it "
+                                            "again",
+                                  {"d_model": int, "tokens": int, "shards": list, "config": dict})
         try:
             self.format = int(self.manifest.get("format", 1))
             self.d_model: int = self.manifest["d_model"]
@@ -71,7 +73,13 @@ class ActivationDataset:
             else:
                 raise MechdemoError(f"{manifest} is format {self.format}, newer than this mechdemo reads ({FORMAT}): "
                                     "upgrade mechdemo (pip install -U mechdemo)")
-            self.shards  # noqa: B018 - the list must exist
+            for record in self.shards:  # what verify(), table() and info() read
+                if not (isinstance(record, dict) and isinstance(record.get("file"), str)
+                        and all(isinstance(record.get(k), int) for k in ("rows", "bytes"))):
+                    raise ValueError(f"a shard record without file, rows and bytes: {str(record)[:80]}")
+            config = self.manifest["config"]
+            for key in ("model", "corpus", "seq_len", "dtype"):
+                config[key]  # noqa: B018 - info() and config_args() read them
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise CorruptFileError(f"{manifest} is not a dataset manifest mechdemo wrote ({type(err).__name__}: {err}): "
                                    "rebuild the dataset with `mechdemo extract`") from None

@@ -144,7 +144,8 @@ class ShardPlan:
 def _batches(model: "TransformerBridge", cfg: ExtractConfig) -> Iterator[Batch]:
     from mechdemo.data.corpus import iter_chunks
 
-    special = set(model.tokenizer.all_special_ids) | {model.tokenizer.pad_token_id}
+    tok = model.tokenizer  # every special or added token (BOS, EOS, padding, chat markers) is left out
+    special = set(tok.all_special_ids) | set(tok.get_added_vocab().values()) | {tok.pad_token_id}
     special_ids = np.array(sorted(i for i in special if i is not None))
     chunks, index, total = [], 0, 0
 
@@ -245,7 +246,9 @@ def _check_out_dir(out: Path, cfg: ExtractConfig) -> None:
                             "(mechdemo never writes into a folder it did not create)")
     check_writable(out)
     if config_file.exists():
-        have = {"compute_dtype": "float32", **read_json(config_file, f"rerun `mechdemo extract` with another --out, or delete {out}")}
+        have = {"compute_dtype": "float32", **read_json(config_file, f"rerun `mechdemo extract` with another --out, or "
+                                                                    f"delete {out}",
+                                                                    {"model": str, "corpus": str, "seq_len": int})}
         if have.get("format", 1) != FORMAT:
             raise MechdemoError(f"{out} holds an unfinished dataset of an older format ({have.get('format', 1)}): "
                                 "choose another --out (or finish it with the mechdemo version that started it)")
@@ -275,6 +278,8 @@ def extract(
     out = Path(out_dir)
     cfg = ExtractConfig(**{**asdict(cfg), "model": get_spec(cfg.model).name})
     _check_out_dir(out, cfg)
+    progress_file = out / f"progress-r{rank:03d}.json"
+    done = read_progress(progress_file)["shards"] if progress_file.exists() else {}  # before any work
     if push_to_hub and rank == 0:
         check_hub_repo(push_to_hub)
     check_corpus(cfg.corpus)  # before the model loads or a byte is written
@@ -301,8 +306,6 @@ def extract(
     for pattern in stale_patterns:  # left by a killed run (or one that found the disk full)
         for stale in out.glob(pattern):
             stale.unlink(missing_ok=True)
-    progress_file = out / f"progress-r{rank:03d}.json"
-    done = json.loads(progress_file.read_text())["shards"] if progress_file.exists() else {}
     bar = tqdm(total=cfg.max_tokens and -(-cfg.max_tokens // world), unit="tok", unit_scale=True,
                desc=f"extract L{cfg.layer}" + (f" [{rank}/{world}]" if world > 1 else ""), disable=not progress)
     start = time.perf_counter()
@@ -335,7 +338,7 @@ def extract(
             shutil.rmtree(out, ignore_errors=True)
         raise MechdemoError(f"--corpus {cfg.corpus} gave no tokens to store: the quality filter keeps documents of "
                             "21 to 29,999 characters that are not all capitals nor only digits (a .txt file is one "
-                            "document, split into paragraphs when longer); check the corpus")
+                            "document, split into paragraphs and sentences when longer); check the corpus")
     write_json_atomic(progress_file, {"rank": rank, "world_size": world, "shards": done, "complete": True})
     if world > 1:
         import torch.distributed as dist
@@ -361,11 +364,17 @@ def _check_layers(cfg: ExtractConfig, n_layers: int) -> None:
             raise MechdemoError(f"layer {layer} ({name}) is out of range: {cfg.model} has layers 0 to {n_layers - 1}")
 
 
+def read_progress(path: Path) -> dict:
+    """A process's progress file ({"shards": {name: record}, "complete": bool}), checked."""
+    return read_json(path, f"delete it and rerun the same `mechdemo extract` command: the shards it listed are "
+                           "computed again", {"shards": dict})
+
+
 def merge_manifest(out: Path, cfg: ExtractConfig, d_model: int) -> dict:
     """Merge every process's progress into ``manifest.json`` and ``norm_stats.json``."""
     shards, incomplete = [], []
     for progress_file in sorted(out.glob("progress-r*.json")):
-        state = json.loads(progress_file.read_text())
+        state = read_progress(progress_file)
         if not state.get("complete"):
             incomplete.append(progress_file.name)
         shards.extend(state["shards"].values())

@@ -158,7 +158,7 @@ def read_manifest(out_dir: Path) -> dict:
     if not path.exists():
         return {"figures": {}}
     return read_json(path, "restore it with `git checkout img/manifest.json`, or delete it and run `mechdemo figures` "
-                           "(every figure is then made again)")
+                           "(every figure is then made again)", {"figures": dict})
 
 
 def read_provenance(png: Path) -> dict:
@@ -167,9 +167,13 @@ def read_provenance(png: Path) -> dict:
 
     with Image.open(png) as im:
         text = im.text.get("mechdemo")  # type: ignore[attr-defined]
-    if text is None:
-        raise MechdemoError(f"{png} carries no mechdemo provenance; regenerate it with `mechdemo figures`.")
-    return json.loads(text)
+    try:
+        provenance = json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        provenance = None
+    if not isinstance(provenance, dict):
+        raise MechdemoError(f"{png} carries no readable mechdemo provenance; regenerate it with `mechdemo figures`.")
+    return provenance
 
 
 def select(names: list[str] | None) -> list[FigureSpec]:
@@ -221,6 +225,7 @@ def run_figures(
     specs = select(names)
     out = Path(out_dir) if out_dir is not None else default_out_dir(spec_model.name)
     out.mkdir(parents=True, exist_ok=True)
+    read_manifest(out)  # a damaged manifest stops the run before any figure is computed
     if names is None:
         _forget_unregistered(out)
     models = dict(models or {})

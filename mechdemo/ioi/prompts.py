@@ -39,6 +39,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechdemo.errors import MechdemoError
+from mechdemo.tokens import unpadded_tokens
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -160,9 +161,9 @@ def ioi_batch(
         io_ids.append(_single_id(model, " " + io))
         s_ids.append(_single_id(model, " " + s))
         order_list.append(order)
-    tokens, corrupted = model.to_tokens(clean), model.to_tokens(corrupted_prompts)
-    if tokens.shape != corrupted.shape:
-        raise RuntimeError("clean and corrupted prompts tokenize to different lengths")
+    # no padding: "end" is the last position of every row, and clean and corrupted rows align position by position
+    tokens = unpadded_tokens(model, clean + corrupted_prompts, f"IOI template {template}'s prompts")
+    tokens, corrupted = tokens[:n], tokens[n:]
     pos: dict[str, list[int]] = {"IO": [], "S1": [], "S1+1": [], "S2": [], "end": []}
     for row, io, s in zip(tokens.tolist(), io_ids, s_ids):
         s1 = _find(row, s)

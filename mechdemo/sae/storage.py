@@ -13,8 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mechdemo.errors import MechdemoError
-from mechdemo.files import check_writable, folder_written_atomically
+from mechdemo.errors import CorruptFileError, MechdemoError
+from mechdemo.files import check_writable, folder_written_atomically, read_json
 from mechdemo.sae.training import SAETrainConfig
 
 if TYPE_CHECKING:
@@ -77,10 +77,20 @@ def load_sae(path: str | Path) -> "SAE":
     """An SAE saved by :func:`save_sae` (or any SAELens ``save_model`` folder)."""
     from sae_lens import SAE
 
+    from safetensors import SafetensorError
+
     path = Path(path)
     if not (path / "cfg.json").is_file():
         raise MechdemoError(f"{path} is not a saved SAE (no cfg.json): train one with `mechdemo sae train --out {path}`")
-    return SAE.load_from_disk(str(path), device="cpu")
+    rebuild = f"train it again with `mechdemo sae train --out {path} --overwrite` (and the arguments it was trained with)"
+    cfg = read_json(path / "cfg.json", rebuild, {"d_in": int, "d_sae": int})
+    if (path / TRAIN_CONFIG).exists():
+        read_json(path / TRAIN_CONFIG, rebuild, {"train_config": dict})
+    try:
+        return SAE.load_from_disk(str(path), device="cpu")
+    except (KeyError, TypeError, ValueError, OSError, RuntimeError, SafetensorError) as err:
+        raise CorruptFileError(f"{path} holds a damaged SAE ({type(err).__name__}: {str(err)[:200]}; its cfg.json says "
+                               f"d_in {cfg['d_in']}, d_sae {cfg['d_sae']}): {rebuild}") from None
 
 
 def check_sae_matches(sae: "SAE", dataset: "ActivationDataset", what: str, sae_path: str | Path | None = None) -> None:
