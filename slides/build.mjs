@@ -110,8 +110,28 @@ function lookup(expr) {
 }
 
 // Formats: none (as is), `.Nf` (N decimals), `%N` (percent with N decimals), `int` (rounded),
+// `id` (an identifier such as a feature's index: digits only, never grouped),
+// `list` (a list of integers, runs of three or more as "0–3": "0–3" or "2, 5, 7"),
 // `heads` (a list of heads, [layer, head] pairs or {layer, head, ...} objects, as "L9H6, L9H9").
+// One number rule per language (the figures' `mechdemo.figures.i18n.num` writes the same): the
+// locale's decimal mark, and its thousands separator on every number from 1000 up, 4-digit ones
+// included ("2,400" / "2.400"; Intl's Spanish default would leave "2400" beside "32.491").
 function format(value, spec, locale) {
+  if (spec === 'id') {
+    if (!Number.isInteger(value)) throw new Error(`format "id" needs an integer, got ${JSON.stringify(value)}`)
+    return String(value)
+  }
+  if (spec === 'list') {
+    if (!Array.isArray(value) || !value.every(Number.isInteger))
+      throw new Error(`format "list" needs a list of integers, got ${JSON.stringify(value)}`)
+    const runs = []
+    for (const v of value) {
+      const run = runs.at(-1)
+      if (run && v === run[1] + 1) run[1] = v
+      else runs.push([v, v])
+    }
+    return runs.flatMap(([a, b]) => (b - a >= 2 ? [`${a}–${b}`] : a === b ? [String(a)] : [String(a), String(b)])).join(', ')
+  }
   if (spec === 'heads') {
     const pair = (h) => (Array.isArray(h) ? h : [h?.layer, h?.head])
     if (!Array.isArray(value) || !value.map(pair).every(([l, h]) => Number.isInteger(l) && Number.isInteger(h)))
@@ -123,13 +143,13 @@ function format(value, spec, locale) {
     if (spec) throw new Error(`format "${spec}" needs a number, got ${JSON.stringify(value)}`)
     return String(value)
   }
-  const nf = (opts) => new Intl.NumberFormat(locale, opts).format
+  const nf = (opts) => new Intl.NumberFormat(locale, { useGrouping: 'always', ...opts }).format
   if (!spec) return nf({ maximumFractionDigits: 6 })(value)
   let m
   if ((m = spec.match(/^\.(\d)f$/))) return nf({ minimumFractionDigits: +m[1], maximumFractionDigits: +m[1] })(value)
   if ((m = spec.match(/^%(\d)$/))) return nf({ style: 'percent', minimumFractionDigits: +m[1], maximumFractionDigits: +m[1] })(value)
   if (spec === 'int') return nf({ maximumFractionDigits: 0 })(value)
-  throw new Error(`unknown format "${spec}" (use .Nf, %N or int)`)
+  throw new Error(`unknown format "${spec}" (use .Nf, %N, int, id, list or heads)`)
 }
 
 // `{{#if EXPR}}yes{{else}}no{{/if}}`: see the header.

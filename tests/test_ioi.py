@@ -126,7 +126,11 @@ def test_mean_ablation(model, batch):
     everything = [(l, h) for l in range(30) for h in range(9)]
     f = mean_ablation_faithfulness(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, everything)
     assert f["faithfulness"] == pytest.approx(1.0, abs=1e-3)  # the whole model is its own circuit
-    assert abs(f["logit_diff_all_heads_ablated"]) < 0.3 * f["logit_diff_full"]
+    assert abs(f["logit_diff_all_heads_ablated"]) < 0.5 * f["logit_diff_full"]
+    empty = mean_ablation_faithfulness(model, batch.tokens, batch.corrupted_tokens, batch.correct, batch.incorrect, [])
+    assert empty["faithfulness"] == 0.0  # the empty circuit is the 0 of the scale, whatever LD it keeps
+    assert empty["logit_diff_ratio"] == pytest.approx(empty["logit_diff_all_heads_ablated"] / empty["logit_diff_full"],
+                                                      abs=1e-3)
 
 
 def test_the_committed_circuit_has_the_structure_of_wang_et_al():
@@ -152,6 +156,10 @@ def test_the_committed_circuit_has_the_structure_of_wang_et_al():
     assert all(h["layer"] < induction_layers for h in roles["previous_token"])
     faith = circuit["faithfulness"]
     assert faith["faithfulness"] > 0.2
+    # the deck states the formula: (LD circuit - LD no head) / (LD model - LD no head), 0 = no head, 1 = the model
+    assert faith["faithfulness"] == pytest.approx(
+        (faith["logit_diff_circuit"] - faith["logit_diff_all_heads_ablated"])
+        / (faith["logit_diff_full"] - faith["logit_diff_all_heads_ablated"]), abs=2e-4)
     heads = {(h["layer"], h["head"]) for r in roles.values() for h in r}
     assert faith["n_heads_in_circuit"] == len(heads) == len(circuit["heads"])
     assert len(TEMPLATES) >= 4

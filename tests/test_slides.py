@@ -171,6 +171,86 @@ def test_numbers_are_computed_or_cited(deck):
     assert not uncited, f"{deck.name}: numbers neither computed ({{{{figure.key}}}}) nor cited: {uncited}"
 
 
+# A citation on a slide or in its notes: "Olsson et al. 2022", "Wang et al. (2022)", "Heimersheim & Nanda
+# 2024", or a single author's name and year in parentheses, "(Shazeer 2020)", "(Nanda 2023; Syed et al. 2023)"
+# (not "In 2025 the field" or "Llama 3.2").
+CITED = re.compile(r"\b(?P<name>[A-Z][\w-]+)(?:\s(?:&|and|y)\s[A-Z][\w-]+)?\set\sal\.,?\s\(?(?P<year>(?:19|20)\d\d)\b"
+                   r"|\b(?P<name2>[A-Z][\w-]+)\s(?:&|and|y)\s[A-Z][\w-]+,?\s\(?(?P<year2>(?:19|20)\d\d)\b"
+                   r"|(?<=;\s)(?P<name3>[A-Z][\w-]+),?\s(?P<year3>(?:19|20)\d\d)(?=[);])"
+                   r"|(?<=\()(?P<name4>[A-Z][\w-]+),?\s(?P<year4>(?:19|20)\d\d)(?=[);])")
+# An entry of the References slides: "- Surname et al., **Title** (2022)." (the first author and the year)
+REFERENCE = re.compile(r"^- (?P<name>[\w-]+)(?: & [\w-]+| et al\.)?, .*\((?P<year>(?:19|20)\d\d)\)\.?\s*$", re.M)
+REFERENCES_TITLE = re.compile(r"^## (?:References|Referencias)\b", re.M)
+
+
+def citations(text: str) -> set[tuple[str, str]]:
+    """(first author, year) of every citation in ``text``."""
+    found = set()
+    for m in CITED.finditer(text):
+        name = m["name"] or m["name2"] or m["name3"] or m["name4"]
+        year = m["year"] or m["year2"] or m["year3"] or m["year4"]
+        found.add((name, year))
+    return found
+
+
+def test_citations_are_recognised():
+    text = ("Olsson et al. 2022; Wang et al. (2022) broke it; (Shazeer 2020); (Nanda 2023; Syed et al. 2023); "
+            "Heimersheim & Nanda 2024; In 2025 the field; GPT-2 small, Llama 3.2 1B; Claude 3 Sonnet")
+    assert citations(text) == {("Olsson", "2022"), ("Wang", "2022"), ("Shazeer", "2020"), ("Nanda", "2023"),
+                               ("Syed", "2023"), ("Heimersheim", "2024")}
+    refs = "- Heimersheim & Nanda, **How to Use and Interpret Activation Patching** (2024).\n- Nanda, **X** (2023).\n"
+    assert {(m["name"], m["year"]) for m in REFERENCE.finditer(refs)} == {("Heimersheim", "2024"), ("Nanda", "2023")}
+
+
+@pytest.mark.parametrize("deck", DECKS, ids=lambda p: p.name)
+def test_every_citation_is_in_the_references(deck):
+    """Every work cited on a slide or in the speaker notes ("Author et al. YEAR", "Author YEAR") has an entry
+    on the References slides (matched by first author and year)."""
+    _, slides = split_slides(deck.read_text(encoding="utf-8"))
+    references = [s for s in slides if REFERENCES_TITLE.search(s)]
+    assert references, f"{deck.name}: no References slide (## References ...)"
+    listed = {(m["name"], m["year"]) for s in references for m in REFERENCE.finditer(s)}
+    missing = {}
+    for i, slide in enumerate(slides, 1):
+        if slide in references:
+            continue
+        for cite in citations(slide) - listed:
+            missing.setdefault(f"{cite[0]} {cite[1]}", []).append(i)
+    assert not missing, (f"{deck.name}: cited but not on the References slides (slides where cited): "
+                         + "; ".join(f"{c} ({', '.join(map(str, where))})" for c, where in sorted(missing.items())))
+
+
+def test_faithfulness_on_the_slides_is_the_formula_they_state():
+    """The two faithfulness numbers of the IOI slides are the normalised ones their captions state, with the
+    zero point on the slide: mean ablation, (LD circuit - LD every head ablated) / (LD model - LD every head
+    ablated); edge patching, (LD circuit - LD corrupted) / (LD model - LD corrupted)."""
+    f = MANIFEST["path-patching"]["results"]["circuit"]["faithfulness"]
+    none, full, circuit = f["logit_diff_all_heads_ablated"], f["logit_diff_full"], f["logit_diff_circuit"]
+    assert f["faithfulness"] == pytest.approx((circuit - none) / (full - none), abs=2e-3)
+    assert f["logit_diff_ratio"] == pytest.approx(circuit / full, abs=2e-3)  # the plain ratio, beside it
+    curves = MANIFEST["circuit-discovery-curve"]["results"]["curves"]
+    n_edges = MANIFEST["circuit-discovery-curve"]["results"]["n_edges"]
+    for name, points in curves.items():
+        assert all(p["faithfulness"] == pytest.approx(1.0) for p in points if p["edges"] == n_edges), name
+        assert all(p["faithfulness"] == pytest.approx(0.0, abs=1e-6) for p in points if p["edges"] == 0), name
+    stated = {  # the number on a slide -> the placeholders its caption must show: its 0 and its 1
+        "path-patching.circuit.faithfulness.faithfulness": ("path-patching.circuit.faithfulness.logit_diff_all_heads_ablated",
+                                                           "path-patching.circuit.faithfulness.logit_diff_full"),
+        "circuit-discovery-curve.at_target.target": ("circuit-discovery-curve.corrupted_value",
+                                                      "circuit-discovery-curve.clean_value"),
+    }
+    for deck in DECKS:
+        _, slides = split_slides(deck.read_text(encoding="utf-8"))
+        for number, (zero, one) in stated.items():
+            titled = [s for s in slides if re.search(r"^## .*\{\{" + re.escape(number), s, re.M)]
+            assert titled, f"{deck.name}: no slide titled with {{{{{number}}}}}"
+            for slide in titled:
+                caption = re.search(r'<div class="caption">(.*?)</div>', slide, re.S).group(1)
+                assert "{{" + zero in caption and "{{" + one in caption and " / (" in caption, (
+                    f"{deck.name}: the slide titled with {number} states neither its formula nor its 0 ({zero}) and "
+                    f"1 ({one}) in its caption")
+
+
 # ---- build -----------------------------------------------------------------------------------
 
 
@@ -288,6 +368,26 @@ def resolve(source: str, manifest: dict, tmp_path: Path, lang: str = "en") -> su
     (img / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return subprocess.run(["node", str(slides / "build.mjs"), "--resolve-only", lang], capture_output=True, text=True,
                           timeout=60, env={**os.environ, "SLIDES_DIST": str(tmp_path / "dist")})
+
+
+def test_one_number_rule_per_language(tmp_path):
+    """Numbers from 1000 up are grouped in both languages, 4-digit ones included ("2,400" / "2.400", as the
+    figures' :func:`mechdemo.figures.i18n.num` writes them); `id` writes an identifier's digits only, and
+    `list` a list of integers with runs as ranges."""
+    if not shutil.which("node"):
+        pytest.skip("node not installed")
+    manifest = {"model": {"name": "m", "display_name": "M"},
+                "figures": {"f": {"model": "m", "files": [], "results": {
+                    "edges": 2400, "big": 70651, "small": 999, "x": 1234.5, "share": 0.034, "feature": 1023,
+                    "templates": [0, 1, 2, 3, 5]}}}}
+    source = "{{f.edges|int}} {{f.big|int}} {{f.small}} {{f.x|.1f}} {{f.share|%1}} {{f.feature|id}} {{f.templates|list}}"
+    expected = {"en": "2,400 70,651 999 1,234.5 3.4% 1023 0–3, 5",
+                "es": "2.400 70.651 999 1.234,5 3,4\u00a0% 1023 0–3, 5"}
+    for lang, text in expected.items():
+        (tmp_path / lang).mkdir()
+        proc = resolve(source, manifest, tmp_path / lang, lang)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (tmp_path / lang / "dist" / f"deck.{lang}.md").read_text(encoding="utf-8") == text
 
 
 def test_conditional_text_follows_the_model_and_its_results(tmp_path):

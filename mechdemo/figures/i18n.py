@@ -81,22 +81,35 @@ def translations(strings: list[str], lang: str) -> dict[str, str]:
 def num(value: float, spec: str = "") -> str:
     """``format(value, spec)`` in the current language: ``num(0.5, ".2f")`` is '0,50' in Spanish.
 
-    Thousands separators (``spec`` with ``,``) become points in Spanish, as ``Intl.NumberFormat``
-    writes them in the Spanish deck (49.152).
+    One rule per language, the deck's (``slides/build.mjs``): a number from 1000 up has its
+    thousands grouped, 4-digit ones included, whether or not ``spec`` asks for it (``num(2400)`` is
+    '2,400' in English, '2.400' in Spanish, as ``Intl.NumberFormat`` writes them on the slides).
     """
     text = format(value, spec)
+    bare = _GROUPABLE.match(spec)
+    if bare and re.search(r"\d{4}", text.split(".")[0]) and not re.search(r"[a-zA-Z]", text):
+        text = format(value, bare["head"] + "," + bare["tail"])  # ".0f" -> ",.0f", "" -> ","
     return num_text(text) if _current.get() == "es" else text
 
 
-def localize_ticks(fig) -> None:
-    """Decimal commas on every axis of ``fig`` when drawing in Spanish (after the plotting code)."""
-    if _current.get() != "es":
-        return
-    from matplotlib.ticker import Formatter
+# a format spec without a thousands separator whose type accepts one: [fill align][sign][z][#][0][width] | [.precision][type]
+_GROUPABLE = re.compile(r"^(?P<head>(?:.?[<>=^])?[+\- ]?z?#?0?\d*)(?P<tail>(?:\.\d+)?[dfFgG%]?)$")
 
-    class Comma(Formatter):
+
+def localize_ticks(fig) -> None:
+    """Numbers on every axis of ``fig`` in the current language's notation (after the plotting code):
+    thousands grouped from 1000 up, as :func:`num` writes them (on matplotlib's own number ticks only:
+    labels the plotting code wrote, with ``set_ticks(..., labels)`` or a formatter of its own, keep
+    their digits, since they may be tokens or identifiers or already come from :func:`num`), and
+    decimal commas in Spanish."""
+    from matplotlib.ticker import Formatter, LogFormatter, ScalarFormatter
+
+    spanish = _current.get() == "es"
+
+    class Localized(Formatter):
         def __init__(self, inner):
             self.inner = inner
+            self.group = isinstance(inner, (ScalarFormatter, LogFormatter))
 
         def set_axis(self, axis):
             super().set_axis(axis)
@@ -105,22 +118,36 @@ def localize_ticks(fig) -> None:
         def set_locs(self, locs):
             self.inner.set_locs(locs)
 
+        def _text(self, label):
+            label = _grouped(label) if self.group else label
+            return _number_text(label) if spanish else label
+
         def format_ticks(self, values):
-            return [_number_text(s) for s in self.inner.format_ticks(values)]
+            return [self._text(s) for s in self.inner.format_ticks(values)]
 
         def __call__(self, x, pos=None):
-            return _number_text(self.inner(x, pos))
+            return self._text(self.inner(x, pos))
 
         def get_offset(self):
-            return num_text(self.inner.get_offset())
+            offset = self.inner.get_offset()
+            return num_text(offset) if spanish else offset
 
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             for get, set_ in ((axis.get_major_formatter, axis.set_major_formatter),
                               (axis.get_minor_formatter, axis.set_minor_formatter)):
                 inner = get()
-                if not isinstance(inner, Comma):
-                    set_(Comma(inner))
+                if not isinstance(inner, Localized):
+                    set_(Localized(inner))
+
+
+def _grouped(label: str) -> str:
+    """A computed tick label (English notation) with the thousands of its integer parts grouped:
+    '20000' -> '20,000', '$\\mathdefault{1500}$' -> '$\\mathdefault{1,500}$'; decimals, exponents
+    ('10^{4}') and labels with letters other than mathtext's as they are."""
+    if re.search(r"[A-Za-z]", re.sub(r"\\mathdefault|\\times", "", label)):
+        return label
+    return re.sub(r"(?<![\d.,^])(?<!\^\{)\d{4,}(?!\d)", lambda m: f"{int(m.group()):,}", label)
 
 
 def _number_text(label: str) -> str:
@@ -272,8 +299,16 @@ ES: dict[str, str] = {
     "1 / (1 − S): how rare each feature is": "1 / (1 − S): cuán rara es cada feature",
     "dimensions per feature": "dimensiones por feature",
     # ---- sae
-    "top activations on held-out text": "activaciones máximas en texto held-out",
-    "promoted logits": "logits promovidos",
+    "top activations, distinct passages (held-out text)": "activaciones máximas, pasajes distintos (texto held-out)",
+    "other tokens": "otros tokens",
+    "where it fires": "dónde se activa",
+    "tokens": "tokens",
+    "ablated (×{s})": "ablacionada (×{s})",
+    "×{s}": "×{s}",
+    "feature {f} (“{t}”)": "feature {f} (“{t}”)",
+    "random direction, same norm": "dirección aleatoria, misma norma",
+    "next-token KL where it fires (nats)": "KL del siguiente token donde se activa (nats)",
+    "> {p}% dead or dense features": "> {p} % de features muertas o densas",
     "TopK": "TopK",
     "ReLU + L1": "ReLU + L1",
     "JumpReLU": "JumpReLU",
@@ -330,7 +365,6 @@ ES: dict[str, str] = {
     "path-patching circuit ({n} heads)": "circuito de path patching ({n} heads)",
     "edges in the circuit (log scale; the whole graph: {n})": "edges en el circuito (escala log; el grafo entero: {n})",
     "faithfulness": "faithfulness",
-    "other heads": "otras heads",
     # ---- the SAE feature browser's pages (mechdemo/sites/assets/browser.js: UI_STRINGS)
     "model": "modelo",
     "SAE": "SAE",

@@ -11,15 +11,15 @@ reading what their features mean.
 """
 
 from mechdemo.sae.evaluation import (
-    DENSE_THRESHOLD, encode_batches, evaluate_sae, evaluate_saes, heldout_sequences, reconstruction_metrics,
+    DEGENERATE_FRACTION, DENSE_THRESHOLD, encode_batches, evaluate_sae, evaluate_saes, heldout_sequences, reconstruction_metrics,
     spliced_loss, spliced_losses,
 )
 from mechdemo.sae.feature_pages import (
     BANDS, CHUNK, FeaturePagesConfig, decoder_neighbours, feature_pages, nonzero_activations, run_bounds,
 )
 from mechdemo.sae.features import (
-    PICK_FREQUENCY, logit_effects, pick_features, promoted_tokens, text_activations, token_contexts,
-    top_activations,
+    PICK_FREQUENCY, distinct_passages, feature_intervention, logit_effects, pick_features, pick_hypothesis_features,
+    promoted_tokens, text_activations, token_contexts, token_hypotheses, top_activations,
 )
 from mechdemo.sae.storage import TRAIN_CONFIG, check_sae_matches, check_sae_out, load_sae, sae_bytes, save_sae
 from mechdemo.sae.training import (
@@ -28,11 +28,11 @@ from mechdemo.sae.training import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "BANDS", "CHUNK", "DENSE_THRESHOLD", "PICK_FREQUENCY", "TRAIN_CONFIG", "TRAIN_THREADS",
+    "ARCHITECTURES", "BANDS", "CHUNK", "DEGENERATE_FRACTION", "DENSE_THRESHOLD", "PICK_FREQUENCY", "TRAIN_CONFIG", "TRAIN_THREADS",
     "FeaturePagesConfig", "SAETrainConfig", "check_batch_fits", "check_sae_matches", "check_sae_out",
-    "data_provider", "decoder_neighbours", "default_layer", "encode_batches", "evaluate_sae", "evaluate_saes",
+    "data_provider", "decoder_neighbours", "distinct_passages", "feature_intervention", "default_layer", "encode_batches", "evaluate_sae", "evaluate_saes",
     "feature_pages", "heldout_sequences", "hook_of", "load_sae", "logit_effects", "make_sae", "nonzero_activations",
-    "pick_features", "promoted_tokens", "reconstruction_metrics", "run_bounds", "sae_bytes", "save_sae",
-    "spliced_loss", "spliced_losses", "split_shards", "text_activations", "token_contexts", "top_activations",
+    "pick_features", "pick_hypothesis_features", "promoted_tokens", "reconstruction_metrics", "run_bounds", "sae_bytes", "save_sae",
+    "spliced_loss", "spliced_losses", "split_shards", "text_activations", "token_contexts", "token_hypotheses", "top_activations",
     "train_sae",
 ]

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 
 DENSE_THRESHOLD = 0.1  # a feature that fires on more than this fraction of held-out tokens is "dense"
+# an SAE with more than this fraction of dead or of dense features is "degenerate": its dictionary is partly
+# unused or partly not sparse, so its point on a sparsity/fidelity curve is not comparable with the others
+DEGENERATE_FRACTION = 0.2
 
 
 @torch.no_grad()
@@ -49,7 +52,7 @@ def reconstruction_metrics(
     * ``l0``: mean number of active features per token;
     * ``explained_variance``: ``1 - E‖x - x̂‖² / Var(x)`` (SAELens's calculator); ``fvu`` is ``1 -`` that;
     * ``dead_fraction``: features that never fire on ``x``; ``dense_fraction``: features that fire on
-      more than ``dense_threshold`` of the tokens.
+      more than ``dense_threshold`` of the tokens; ``degenerate``: either above :data:`DEGENERATE_FRACTION`.
     """
     from sae_lens.evals import ExplainedVarianceCalculator
 
@@ -65,12 +68,14 @@ def reconstruction_metrics(
         active += int(on.sum())
     explained = ev.compute()
     freq = fired.float() / len(x)
+    dead, dense = float((fired == 0).float().mean()), float((freq > dense_threshold).float().mean())
     return {
         "l0": active / len(x),
         "explained_variance": explained,
         "fvu": 1.0 - explained,
-        "dead_fraction": float((fired == 0).float().mean()),
-        "dense_fraction": float((freq > dense_threshold).float().mean()),
+        "dead_fraction": dead,
+        "dense_fraction": dense,
+        "degenerate": dead > DEGENERATE_FRACTION or dense > DEGENERATE_FRACTION,
         "tokens": len(x),
     }
 
@@ -166,7 +171,7 @@ def spliced_losses(
     check_layer(model, layer)
     device = model.cfg.device
     resid_name = site("resid_pre", layer)
-    sums = torch.zeros(len(saes) + 2, dtype=torch.float64)  # clean, zero ablation, each SAE
+    per_sequence = []  # [n_sequences, 2 + n_saes]: summed loss of each sequence, clean, zero ablation, each SAE
     count = 0
     sae_devices = [sae.W_dec.device for sae in saes]
     for sae in saes:  # trained on CPU; on a CUDA/MPS model they run beside it, then go back
@@ -174,34 +179,58 @@ def spliced_losses(
     try:
         for start in range(0, len(tokens), batch_size):
             batch = tokens[start : start + batch_size].to(device)
-            targets = batch[:, 1:].flatten()
+            targets = batch[:, 1:]
 
-            def loss_sum(logits: Tensor) -> float:
-                return float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, reduction="sum"))
+            def loss_sums(logits: Tensor) -> Tensor:  # [batch]: each sequence's summed loss
+                return F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets, reduction="none").double().sum(1).cpu()
 
             logits, cache = run(model, batch, names=[resid_name])
-            sums[0] += loss_sum(logits)
+            columns = [loss_sums(logits)]
             context = block_context(model, batch)
             replacements = [lambda act: torch.zeros_like(act)]
             replacements += [lambda act, sae=sae: sae.decode(sae.encode(act)).to(act.dtype) for sae in saes]
-            for i, replace in enumerate(replacements, start=1):
+            for replace in replacements:
                 final = run_blocks(model, cache[resid_name], layer, context,
                                    fwd_hooks=[(hook, lambda act, hook, replace=replace: replace(act))])
-                sums[i] += loss_sum(logits_from_resid(model, final))
+                columns.append(loss_sums(logits_from_resid(model, final)))
+            per_sequence.append(torch.stack(columns, 1))
             count += targets.numel()
     finally:
         for sae, sae_device in zip(saes, sae_devices):
             sae.to(sae_device)
-    clean, zero = float(sums[0]) / count, float(sums[1]) / count
-    results = []
-    for total in sums[2:].tolist():
-        spliced = total / count
-        results.append({
-            "ce_clean": clean, "ce_spliced": spliced, "ce_zero_ablation": zero, "delta_ce": spliced - clean,
-            "loss_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan"),
-            "ce_tokens": count,
+    return loss_summaries(torch.cat(per_sequence).numpy(), count)
+
+
+BOOTSTRAP = 1000  # resamples of the sequences for the standard errors
+
+
+def loss_summaries(sums: "np.ndarray", count: int, seed: int = 0) -> list[dict[str, float]]:
+    """From each sequence's summed loss (``[n_sequences, 2 + n_saes]``: clean, zero ablation, each SAE;
+    ``count`` predicted tokens in all), each SAE's ``ce_clean``, ``ce_spliced``, ``ce_zero_ablation``,
+    ``delta_ce``, the ablation ``gap`` (``ce_zero - ce_clean``: what loss recovered is relative to) and
+    ``loss_recovered``, with standard errors (``*_se``) from a seeded bootstrap over sequences (tokens of
+    one sequence are not independent). A small gap makes loss recovered noisy: report it with its error."""
+    rng = np.random.default_rng(seed)
+    n = len(sums)
+    per_token = sums.sum(0) / count
+    resampled = np.stack([sums[rng.integers(0, n, n)].sum(0) for _ in range(BOOTSTRAP)]) / count  # equal lengths
+    clean, zero = per_token[0], per_token[1]
+    out = []
+    for i in range(2, sums.shape[1]):
+        spliced = per_token[i]
+        delta = resampled[:, i] - resampled[:, 0]
+        gap = resampled[:, 1] - resampled[:, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recovered = (resampled[:, 1] - resampled[:, i]) / gap
+        out.append({
+            "ce_clean": float(clean), "ce_spliced": float(spliced), "ce_zero_ablation": float(zero),
+            "delta_ce": float(spliced - clean), "delta_ce_se": float(delta.std()),
+            "gap": float(zero - clean), "gap_se": float(gap.std()),
+            "loss_recovered": float((zero - spliced) / (zero - clean)) if zero != clean else float("nan"),
+            "loss_recovered_se": float(np.nanstd(recovered)),
+            "ce_tokens": count, "ce_sequences": n,
         })
-    return results
+    return out
 
 
 def evaluate_saes(

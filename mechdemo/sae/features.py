@@ -130,3 +130,169 @@ def pick_features(values: torch.Tensor, fired: torch.Tensor, n_tokens: int, n: i
     candidates = torch.nonzero((freq > low) & (freq < high)).flatten()
     order = candidates[values[candidates, 0].argsort(descending=True)]
     return [int(f) for f in order[:n]]
+
+
+# --- a feature's hypothesis, tested -----------------------------------------------------------------
+
+
+@torch.no_grad()
+def token_hypotheses(
+    sae: "SAE | TrainingSAE", x: Float[Tensor, "n d_in"], token_ids: Int[np.ndarray, " n"], top_k: int = 20,
+    batch_size: int = 4096,
+) -> dict[str, np.ndarray]:
+    """For every feature, the simplest hypothesis its top activations suggest, and how well it holds:
+    "the feature detects token t", t the most common token of its ``top_k`` largest activations.
+
+    * ``precision``: the share of the feature's firings (all of them, not only the top ones) that fall on t;
+    * ``recall``: the share of t's occurrences (in ``x``'s text) on which the feature fires;
+    * ``occurrences`` of t, and ``fired`` (how many tokens the feature fires on).
+
+    A top-activation list alone overstates how specific a feature is (Bricken et al. 2023): a feature
+    whose 20 strongest activations all fall on t may fire on other tokens just as often, more weakly.
+    Precision over every firing and recall test the hypothesis in both directions."""
+    acts = torch.cat([sae.encode(x[s : s + batch_size].to(sae.W_dec.dtype)).float()
+                      for s in range(0, len(x), batch_size)])  # [n, d_sae]
+    d_sae = acts.shape[1]
+    fires = acts > 0
+    top_v, top_i = acts.topk(min(top_k, len(x)), dim=0)  # [k, d_sae]
+    token_ids = np.asarray(token_ids)
+    tokens = np.full(d_sae, -1)
+    precision, recall, occurrences = np.zeros(d_sae), np.zeros(d_sae), np.zeros(d_sae, dtype=int)
+    fired = fires.sum(0).numpy()
+    for f in range(d_sae):
+        rows = top_i[:, f][top_v[:, f] > 0].numpy()
+        if len(rows) == 0:
+            continue
+        values, counts = np.unique(token_ids[rows], return_counts=True)
+        t = int(values[counts.argmax()])  # ties: the smallest id (deterministic)
+        on_t = torch.from_numpy(token_ids == t)
+        hits = int(fires[on_t, f].sum())
+        tokens[f], occurrences[f] = t, int(on_t.sum())
+        precision[f], recall[f] = hits / fired[f], hits / occurrences[f]
+    return {"token": tokens, "precision": precision, "recall": recall, "occurrences": occurrences, "fired": fired}
+
+
+def pick_hypothesis_features(hypotheses: dict[str, np.ndarray], n_tokens: int, n: int = 2,
+                             min_occurrences: int = 10) -> list[int]:
+    """``n`` features to show, by a fixed rule rather than by hand: among those that fire on 0.1-3% of the
+    tokens (neither near-dead nor dense, :data:`PICK_FREQUENCY`) and whose token occurs at least
+    ``min_occurrences`` times, the ones whose token hypothesis holds best (precision x recall), one per
+    token (a second feature of the same token would repeat the first's message)."""
+    low, high = PICK_FREQUENCY
+    freq = hypotheses["fired"] / n_tokens
+    score = hypotheses["precision"] * hypotheses["recall"]
+    ok = (freq > low) & (freq < high) & (hypotheses["occurrences"] >= min_occurrences) & (hypotheses["token"] >= 0)
+    chosen, tokens = [], set()
+    for f in np.argsort(-np.where(ok, score, -1), kind="stable"):
+        if not ok[f] or len(chosen) == n:
+            break
+        if int(hypotheses["token"][f]) not in tokens:
+            chosen.append(int(f))
+            tokens.add(int(hypotheses["token"][f]))
+    return chosen
+
+
+def distinct_passages(rows: Sequence[int], doc: Int[np.ndarray, " n"], pos: Int[np.ndarray, " n"],
+                      token_ids: Int[np.ndarray, " n"], k: int, window: int = 12) -> list[int]:
+    """The first ``k`` of ``rows`` (best first) that are distinct passages: no two in overlapping windows of
+    one document, and no two whose ``window`` tokens before the activating one are mostly the same text (a
+    paragraph the documentation repeats shows once)."""
+    kept: list[int] = []
+    seen: list[set] = []
+    for row in rows:
+        if any(doc[row] == doc[r] and abs(int(pos[row]) - int(pos[r])) <= window for r in kept):
+            continue
+        lo = max(0, row - window)
+        text = set(zip(range(row - lo), token_ids[lo:row].tolist()[::-1]))  # (distance back, token)
+        if any(len(text & other) > 0.5 * max(len(text), 1) for other in seen):
+            continue
+        kept.append(int(row))
+        seen.append(text)
+        if len(kept) == k:
+            break
+    return kept
+
+
+@torch.no_grad()
+def feature_intervention(
+    model: "TransformerBridge", sae: "SAE | TrainingSAE", tokens: Int[Tensor, "batch pos"], feature: int,
+    where: str | int, scales: Sequence[float] = (0.0, 4.0, 16.0), seed: int = 0, batch_size: int = 8,
+    n_tokens: int = 8,
+) -> dict:
+    """A causal check of one feature: scale its contribution ``f_i(x) W_dec[i]`` at the SAE's site by each of
+    ``scales`` (0: the feature ablated, what the SAE does not reconstruct kept; 4: amplified four times, as
+    steering does), and measure the next-token distribution at the positions where it fires:
+    ``KL(clean || edited)`` (nats), the change of the log-probability of the true next token, and the tokens
+    whose mean log-probability drops and rises most. Control: the same positions and amounts along a random
+    direction of the norm of ``W_dec[i]`` (seeded): a feature whose direction matters to the model moves
+    the distribution more than the control does (Templeton et al. 2024 steer features this way).
+
+    Only the sequences where the feature fires are run, and only from the site's layer on: the first pass
+    stops there and keeps the residual stream, which every edited run restarts from."""
+    from mechdemo.forward import block_context, run_blocks
+    from mechdemo.interventions import run, site
+    from mechdemo.readout import logits_from_resid
+
+    hook, layer = hook_of(where)
+    resid_name = site("resid_pre", layer)
+    w = sae.W_dec[feature].detach().float()
+    control = torch.randn(w.shape, generator=torch.Generator().manual_seed(seed))
+    control = control / control.norm() * w.norm()
+    acts, resids = [], []
+    for start in range(0, len(tokens), batch_size):  # where does it fire? (a pass that stops at the layer)
+        _, cache = run(model, tokens[start : start + batch_size], names=[hook, resid_name], stop_at_layer=layer + 1)
+        acts.append(sae.encode(cache[hook].float().cpu().to(sae.W_dec.dtype))[..., feature].float())
+        resids.append(cache[resid_name])
+    f_all, resid_all = torch.cat(acts), torch.cat(resids)
+    f_all[:, 0] = 0.0  # BOS is not a text position
+    chosen = torch.nonzero((f_all > 0).any(1)).flatten()
+    out = {"feature": feature, "site": hook, "positions": int((f_all > 0).sum()), "sequences": len(chosen),
+           "scales": {}}
+    if len(chosen) == 0:
+        return out
+    per_scale = {s: {"kl": [], "kl_control": [], "true": [], "delta": 0.0} for s in scales}
+    for start in range(0, len(chosen), batch_size):
+        rows = chosen[start : start + batch_size]
+        # causal attention: positions after the last one where the feature fires change nothing that is measured
+        n_pos = int(torch.nonzero(f_all[rows] > 0)[:, 1].max()) + 1
+        full = tokens[rows]
+        batch, f, resid = full[:, :n_pos], f_all[rows, :n_pos], resid_all[rows.to(resid_all.device), :n_pos]
+        context = block_context(model, batch.to(model.cfg.device))
+        fires = f > 0
+        nxt = torch.cat([full[:, 1:], full[:, -1:]], 1)[:, :n_pos][fires]  # the true next token at each firing
+        inside = (torch.arange(n_pos) < full.shape[1] - 1).expand_as(fires)[fires]  # ... where there is one
+
+        def log_probs(hooks=()) -> Tensor:  # [firing positions, d_vocab]
+            final = run_blocks(model, resid, layer, context, fwd_hooks=list(hooks))
+            return logits_from_resid(model, final[fires.to(final.device)]).float().log_softmax(-1).cpu()
+
+        at = log_probs()
+        for scale in scales:
+            def edit(direction: Tensor, scale: float = scale):
+                def hook_fn(act: Tensor, hook) -> Tensor:
+                    return act + ((scale - 1.0) * f[..., None] * direction).to(device=act.device, dtype=act.dtype)
+
+                return hook_fn
+
+            edited, other = log_probs([(hook, edit(w))]), log_probs([(hook, edit(control))])
+            r = per_scale[scale]
+            r["kl"].append((at.exp() * (at - edited)).sum(-1))
+            r["kl_control"].append((at.exp() * (at - other)).sum(-1))
+            r["true"].append((edited - at).gather(-1, nxt[:, None])[:, 0][inside])
+            r["delta"] = r["delta"] + (edited - at).sum(0)
+
+    def mean_se(parts: list[Tensor]) -> tuple[float, float]:
+        t = torch.cat(parts)
+        return float(t.mean()), float(t.std() / len(t) ** 0.5) if len(t) > 1 else float("nan")
+
+    for scale, r in per_scale.items():
+        mean_delta = r["delta"] / out["positions"]
+        down, up = mean_delta.topk(n_tokens, largest=False), mean_delta.topk(n_tokens)
+        (kl, kl_se), (klc, klc_se), (tr, tr_se) = mean_se(r["kl"]), mean_se(r["kl_control"]), mean_se(r["true"])
+        out["scales"][str(scale)] = {
+            "scale": scale, "kl": kl, "kl_se": kl_se, "kl_control": klc, "kl_control_se": klc_se,
+            "true_next_logprob_change": tr, "true_next_logprob_change_se": tr_se,
+            "down": [(int(t), float(v)) for t, v in zip(down.indices, down.values)],
+            "up": [(int(t), float(v)) for t, v in zip(up.indices, up.values)],
+        }
+    return out

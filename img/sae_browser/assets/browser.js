@@ -11,7 +11,7 @@
  *   SAE_TOKENS data/tokens.js         {vocab: [token text], stream: [vocab id of each held-out row]}
  *   SAE_CHUNKS data/features-CCC.js   SAE_CHUNKS[c][i] = details of feature c*chunk_size+i, loaded on demand
  *   SAE_UI     inline in the page     English UI string -> string in the page's language (see T)
- * Every visible UI string goes through T("English"); the list below is parsed by mechdemo/feature_browser.py.
+ * Every visible UI string goes through T("English"); the list below is parsed by mechdemo/sites/feature_browser.py.
  */
 // UI_STRINGS_BEGIN
 // model
