@@ -228,7 +228,7 @@ def sae_feature_causal(ctx: FigureContext) -> FigureOutput:
                                ctx.pick(ALL_SEQUENCES, SMALL["n_sequences"]))
     result = feature_intervention(ctx.model, sae, tokens, feat["feature"], data.site, scales=SCALES, seed=ctx.seed)
     decode = ctx.model.tokenizer.decode
-    scales = [{**{k: round(v, 5) for k, v in s.items() if isinstance(v, float)},  # in the order of SCALES
+    scales = [{**{k: (round(v, 5) if v == v else None) for k, v in s.items() if isinstance(v, float)},  # NaN: one position
                "down": [token_label(decode([t])) for t, _ in s["down"]],
                "up": [token_label(decode([t])) for t, _ in s["up"]]}
               for s in result["scales"].values()]
