@@ -6,6 +6,6 @@ Importing this package registers all figures; ``mechdemo figures`` regenerates t
 from mechdemo.figures.registry import FIGURES, FigureContext, FigureOutput, figure, run_figures
 
 # Figure modules register themselves on import.
-from mechdemo.figures import architecture, attention, circuit_discovery, generation, induction, ioi, mlp, patching, path_patching, sae, sae_features, superposition, weight_circuits  # noqa: E402,F401  isort: skip
+from mechdemo.figures import architecture, attention, generation, induction, ioi, patching, path_patching, circuit_discovery, mlp, sae, sae_features, superposition, weight_circuits  # noqa: E402,F401  isort: skip
 
 __all__ = ["FIGURES", "FigureContext", "FigureOutput", "figure", "run_figures"]
